@@ -1,0 +1,1 @@
+"""Triple-phase liver CT phantom: anatomy, enhancement, lesions, acquisition."""

@@ -1,0 +1,650 @@
+"""Patient anatomy as implicit shapes in millimetres, painted onto any sampling grid.
+
+Frame: DICOM patient coordinates (LPS): ``x`` towards the patient's left, ``y`` posterior, ``z``
+superior, in mm. ``z = 0`` is near the top of the right liver dome. Every organ is a :class:`Shape`
+(an inside-test over coordinate arrays) with a bounding box, a label and the share of the breathing
+shift it follows. Shapes are drawn per patient from random parameters, so organ forms differ between
+patients rather than being one template rescaled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from liaids.phantom.labels import Tissue
+
+InsideFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One painted region.
+
+    Args:
+        label: tissue label written where ``inside`` holds.
+        lo, hi: bounding box corners (x, y, z) in mm, before breathing shift.
+        inside: boolean test over broadcastable coordinate arrays (mm).
+        motion: share of the phase's breathing shift this organ follows (0 = fixed to the table).
+        where: if given, only voxels currently holding one of these labels are painted.
+        liver_envelope: +1 adds the painted voxels to the liver mask, -1 removes them, 0 leaves it.
+    """
+
+    label: int
+    lo: tuple[float, float, float]
+    hi: tuple[float, float, float]
+    inside: InsideFn
+    motion: float = 0.0
+    where: frozenset[int] | None = None
+    liver_envelope: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shape primitives
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    """Small random rotation (x, y, z Euler angles within +-max_deg)."""
+    ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@dataclass(frozen=True)
+class Ellipsoid:
+    """Ellipsoid with a random low-order surface perturbation (lobulation, nodularity).
+
+    ``radius_field`` gives the normalised radius: < 1 inside, 1 on the (perturbed) surface.
+    """
+
+    centre: np.ndarray
+    axes: np.ndarray
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+    wave_dirs: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    wave_freq: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wave_amp: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wave_phase: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def random(
+        cls,
+        rng: np.random.Generator,
+        centre: Sequence[float],
+        axes: Sequence[float],
+        *,
+        rotate_deg: float = 10.0,
+        bumps: float = 0.05,
+        n_waves: int = 4,
+        freq: tuple[float, float] = (1.5, 3.5),
+    ) -> Ellipsoid:
+        dirs = rng.normal(size=(n_waves, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        return cls(
+            centre=np.asarray(centre, float),
+            axes=np.asarray(axes, float),
+            rotation=_rotation(rng, rotate_deg),
+            wave_dirs=dirs,
+            wave_freq=rng.uniform(*freq, n_waves),
+            wave_amp=rng.uniform(0.3, 1.0, n_waves) * bumps / max(1, n_waves) * 2,
+            wave_phase=rng.uniform(0, 2 * np.pi, n_waves),
+        )
+
+    def scaled(self, factor: float) -> Ellipsoid:
+        return Ellipsoid(
+            self.centre,
+            self.axes * factor,
+            self.rotation,
+            self.wave_dirs,
+            self.wave_freq,
+            self.wave_amp,
+            self.wave_phase,
+        )
+
+    @property
+    def extent(self) -> float:
+        return float(self.axes.max() * (1.0 + self.wave_amp.sum() + 0.02))
+
+    def bbox(self, margin: float = 0.0) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        r = self.extent + margin
+        lo = tuple(float(v) for v in self.centre - r)
+        hi = tuple(float(v) for v in self.centre + r)
+        return lo, hi  # type: ignore[return-value]
+
+    def local(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coordinates in the ellipsoid's frame, divided by its axes."""
+        dx, dy, dz = x - self.centre[0], y - self.centre[1], z - self.centre[2]
+        r = self.rotation  # local = R^T (p - c)
+        u = (r[0, 0] * dx + r[1, 0] * dy + r[2, 0] * dz) / self.axes[0]
+        v = (r[0, 1] * dx + r[1, 1] * dy + r[2, 1] * dz) / self.axes[1]
+        w = (r[0, 2] * dx + r[1, 2] * dy + r[2, 2] * dz) / self.axes[2]
+        return u, v, w
+
+    def radius_field(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        u, v, w = self.local(x, y, z)
+        r = np.sqrt(u * u + v * v + w * w, dtype=np.float32)
+        if len(self.wave_amp):
+            inv = 1.0 / np.maximum(r, 1e-6)
+            g = np.ones_like(r)
+            for d, f, a, p in zip(
+                self.wave_dirs, self.wave_freq, self.wave_amp, self.wave_phase, strict=True
+            ):
+                g += a * np.sin(f * np.pi * (d[0] * u + d[1] * v + d[2] * w) * inv + p)
+            r = r / g
+        return r
+
+    def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return self.radius_field(x, y, z) < 1.0
+
+
+def union_inside(parts: Sequence[Ellipsoid]) -> InsideFn:
+    def inside(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        out = parts[0].inside(x, y, z)
+        for p in parts[1:]:
+            out = out | p.inside(x, y, z)
+        return out
+
+    return inside
+
+
+def union_bbox(
+    parts: Sequence[Ellipsoid], margin: float = 0.0
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    boxes = [p.bbox(margin) for p in parts]
+    lo = tuple(min(b[0][i] for b in boxes) for i in range(3))
+    hi = tuple(max(b[1][i] for b in boxes) for i in range(3))
+    return lo, hi
+
+
+def capsules_inside(p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r1: np.ndarray) -> InsideFn:
+    """Union of tapered tubes from ``p0[n]`` to ``p1[n]`` with radii ``r0[n]`` -> ``r1[n]`` (mm)."""
+
+    def inside(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        out = np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), bool)
+        for a, b, ra, rb in zip(p0, p1, r0, r1, strict=True):
+            # Cull on the segment's own box before the full distance computation.
+            rmax = max(ra, rb)
+            lo, hi = np.minimum(a, b) - rmax, np.maximum(a, b) + rmax
+            mx = (x >= lo[0]) & (x <= hi[0])
+            my = (y >= lo[1]) & (y <= hi[1])
+            mz = (z >= lo[2]) & (z <= hi[2])
+            if not (mx.any() and my.any() and mz.any()):
+                continue
+            ix, iy, iz = np.nonzero(mx.ravel())[0], np.nonzero(my.ravel())[0], np.nonzero(mz.ravel())[0]
+            sx = slice(ix[0], ix[-1] + 1) if x.shape[-1] > 1 else slice(None)
+            sy = slice(iy[0], iy[-1] + 1) if y.shape[-2] > 1 else slice(None)
+            sz = slice(iz[0], iz[-1] + 1) if z.shape[-3] > 1 else slice(None)
+            xs, ys, zs = x[..., sx], y[..., sy, :], z[sz, ...]
+            d = b - a
+            ll = float(d @ d) or 1e-9
+            t = ((xs - a[0]) * d[0] + (ys - a[1]) * d[1] + (zs - a[2]) * d[2]) / ll
+            t = np.clip(t, 0.0, 1.0)
+            qx, qy, qz = xs - a[0] - t * d[0], ys - a[1] - t * d[1], zs - a[2] - t * d[2]
+            rad = ra + t * (rb - ra)
+            out[sz, sy, sx] |= qx * qx + qy * qy + qz * qz < rad * rad
+        return out
+
+    return inside
+
+
+def capsules_bbox(
+    p0: np.ndarray, p1: np.ndarray, r: np.ndarray
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    lo = np.minimum(p0, p1).min(axis=0) - r.max()
+    hi = np.maximum(p0, p1).max(axis=0) + r.max()
+    return tuple(float(v) for v in lo), tuple(float(v) for v in hi)
+
+
+@dataclass(frozen=True)
+class Cylinder:
+    """Vertical elliptic cylinder with an angular boundary perturbation, between ``z0`` and ``z1``."""
+
+    cx: float
+    cy: float
+    a: float
+    b: float
+    z0: float
+    z1: float
+    harm_amp: tuple[float, ...] = ()
+    harm_phase: tuple[float, ...] = ()
+
+    def normalised_radius(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        u, v = (x - self.cx) / self.a, (y - self.cy) / self.b
+        r = np.sqrt(u * u + v * v)
+        if self.harm_amp:
+            th = np.arctan2(v, u)
+            g = 1.0
+            for k, (amp, ph) in enumerate(zip(self.harm_amp, self.harm_phase, strict=True), start=2):
+                g = g + amp * np.cos(k * th + ph)
+            r = r / g
+        return r
+
+    def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return (self.normalised_radius(x, y) < 1.0) & (z >= self.z0) & (z <= self.z1)
+
+    def shrunk(self, mm: float) -> Cylinder:
+        return Cylinder(
+            self.cx, self.cy, self.a - mm, self.b - mm, self.z0, self.z1, self.harm_amp, self.harm_phase
+        )
+
+    def bbox(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        g = 1.0 + sum(abs(a) for a in self.harm_amp)
+        return (
+            (self.cx - self.a * g, self.cy - self.b * g, self.z0),
+            (self.cx + self.a * g, self.cy + self.b * g, self.z1),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The patient
+
+
+@dataclass
+class Anatomy:
+    """One patient's organs in paint order, plus what lesion placement and breathing need."""
+
+    shapes: list[Shape]
+    liver_parts: list[Ellipsoid]
+    z_range: tuple[float, float]  # liver z extent (mm), unshifted
+    body: Cylinder
+    cirrhotic: bool
+    fatty: bool
+    hilum: np.ndarray
+    notes: dict[str, float] = field(default_factory=dict)
+
+    def liver_inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return union_inside(self.liver_parts)(x, y, z)
+
+    def add_bile_ducts(self, p0: np.ndarray, p1: np.ndarray, r: np.ndarray) -> None:
+        """Dilated ducts (e.g. upstream of a cholangiocarcinoma): fluid tubes painted inside the liver."""
+        lo, hi = capsules_bbox(p0, p1, r)
+        self.shapes.append(
+            Shape(
+                Tissue.BILE_DUCT,
+                lo,
+                hi,
+                capsules_inside(p0, p1, r, r * 0.7),
+                1.0,
+                frozenset({Tissue.LIVER, Tissue.PORTAL_VEIN, Tissue.HEPATIC_VEIN}),
+            )
+        )
+
+
+def _vessel_tree(
+    rng: np.random.Generator,
+    root: np.ndarray,
+    targets: list[np.ndarray],
+    radius: float,
+    depth: int,
+    liver: InsideFn,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float], list[float]]:
+    """Grow tapered branches from ``root`` towards targets, each splitting towards random liver points."""
+    p0: list[np.ndarray] = []
+    p1: list[np.ndarray] = []
+    r0: list[float] = []
+    r1: list[float] = []
+    stack = [(root, t, radius, depth) for t in targets]
+    while stack:
+        a, b, r, d = stack.pop()
+        end_r = max(1.2, r * 0.7)
+        p0.append(a)
+        p1.append(b)
+        r0.append(r)
+        r1.append(end_r)
+        if d <= 0:
+            continue
+        direction = (b - a) / (np.linalg.norm(b - a) + 1e-6)
+        for _ in range(2):
+            for _try in range(8):
+                step = direction * rng.uniform(20, 45) + rng.normal(0, 18, 3)
+                c = b + step
+                if liver(np.array([[[c[0]]]]), np.array([[[c[1]]]]), np.array([[[c[2]]]])).item():
+                    stack.append((b, c, end_r, d - 1))
+                    break
+    return p0, p1, r0, r1
+
+
+def build_anatomy(rng: np.random.Generator, *, cirrhotic: bool, fatty: bool) -> Anatomy:
+    """Draw one patient's abdomen.
+
+    Args:
+        rng: random generator (the only source of randomness).
+        cirrhotic: small right lobe, large caudate, nodular surface, splenomegaly, maybe ascites.
+        fatty: only recorded here; the attenuation table applies it.
+
+    Returns:
+        The anatomy, shapes in paint order.
+    """
+    T = Tissue
+    u = rng.uniform
+    # Body wall: elliptic cross-section, thicker fat in some patients.
+    a_body, b_body = u(135, 180), u(95, 130)
+    fat_sc, wall = u(8, 35), u(7, 14)
+    body = Cylinder(
+        0.0,
+        0.0,
+        a_body,
+        b_body,
+        -400,
+        200,
+        tuple(rng.normal(0, 0.02, 3)),
+        tuple(rng.uniform(0, 2 * np.pi, 3)),
+    )
+    muscle = body.shrunk(fat_sc)
+    cavity = muscle.shrunk(wall)
+    ac, bc = cavity.a, cavity.b
+    yv = bc * u(0.5, 0.6)  # vertebral body centre (posterior)
+    shapes: list[Shape] = []
+
+    def add(
+        label: int, box: tuple, fn: InsideFn, motion: float = 0.0, where: set[int] | None = None, env: int = 0
+    ) -> None:
+        shapes.append(
+            Shape(label, box[0], box[1], fn, motion, None if where is None else frozenset(where), env)
+        )
+
+    add(T.SUBCUTANEOUS_FAT, body.bbox(), body.inside)
+    add(T.MUSCLE, muscle.bbox(), muscle.inside)
+    add(T.VISCERAL_FAT, cavity.bbox(), cavity.inside)
+
+    # Spine: vertebral bodies with discs, spinal canal, posterior elements, paraspinal muscles.
+    vr = u(17, 22)
+    vb = Cylinder(0.0, yv, vr * 1.1, vr, -400, 200)
+    disc_period, disc_phase = u(30, 36), u(0, 36)
+    add(
+        T.MUSCLE,
+        ((-70, yv + 5, -400), (70, yv + 90, 200)),
+        lambda x, y, z: ((((np.abs(x) - 33) / 26) ** 2 + ((y - yv - 45) / 24) ** 2) < 1) & (z > -1e9),
+    )
+    add(T.BONE_CORTICAL, vb.bbox(), vb.inside)
+    add(T.BONE_CANCELLOUS, vb.shrunk(2.5).bbox(), vb.shrunk(2.5).inside)
+    add(T.DISC, vb.bbox(), lambda x, y, z: vb.inside(x, y, z) & (((z - disc_phase) % disc_period) < 6.0))
+    add(
+        T.BONE_CORTICAL,
+        ((-12, yv + vr, -400), (12, yv + vr + 45, 200)),
+        lambda x, y, z: ((x / 11) ** 2 + ((y - yv - vr - 20) / 22) ** 2 < 1) & (z > -1e9),
+    )
+    canal = Cylinder(0.0, yv + vr + 9, 8.0, 7.0, -400, 200)
+    add(T.SPINAL_CANAL, canal.bbox(), canal.inside)
+
+    # Ribs: arcs inside the muscle wall, bands that descend laterally.
+    rib_z = np.arange(u(60, 80), -230, -u(22, 28))
+    rib_th = rng.uniform(0.9, 1.4, len(rib_z))
+
+    def ribs(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        rho = muscle.normalised_radius(x, y)
+        ring = (rho > 1.0 - 0.6 * wall / min(muscle.a, muscle.b)) & (rho < 1.0)
+        th = np.arctan2(y, np.abs(x))  # 0 lateral, -pi/2 anterior, +pi/2 posterior
+        out = np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), bool)
+        for zc, span in zip(rib_z, rib_th, strict=True):
+            band = np.abs(z - zc - 60.0 * th) < 5.0
+            if band.any():
+                out |= ring & band & (th > -span) & (th < span)
+        return out & (z < 40)
+
+    add(T.BONE_CORTICAL, body.bbox(), ribs)
+
+    # Liver: right lobe, segment IV, left lobe, caudate; cirrhosis reshapes it.
+    right_scale = 0.8 if cirrhotic else 1.0
+    caud_scale = 1.45 if cirrhotic else 1.0
+    bumps = 0.09 if cirrhotic else 0.035
+    freq = (4.0, 8.0) if cirrhotic else (1.5, 3.5)
+    rl_axes = np.array([u(0.45, 0.58) * ac, u(0.72, 0.88) * bc, u(75, 100)]) * right_scale
+    rl = Ellipsoid.random(
+        rng,
+        (-ac * u(0.9, 0.98) + rl_axes[0], u(-0.1, 0.05) * bc, -rl_axes[2]),
+        rl_axes,
+        bumps=bumps,
+        freq=freq,
+        n_waves=6 if cirrhotic else 4,
+    )
+    seg4_axes = np.array([u(0.22, 0.32) * ac, u(0.3, 0.4) * bc, u(45, 60)])
+    seg4 = Ellipsoid.random(
+        rng, (-u(0.05, 0.15) * ac, -u(0.3, 0.4) * bc, -u(45, 65)), seg4_axes, bumps=bumps, freq=freq
+    )
+    ll_axes = np.array([u(0.3, 0.5) * ac, u(0.18, 0.28) * bc, u(30, 48)])
+    ll = Ellipsoid.random(
+        rng,
+        (u(0.1, 0.25) * ac, -u(0.4, 0.55) * bc, -u(35, 55)),
+        ll_axes,
+        rotate_deg=15,
+        bumps=bumps,
+        freq=freq,
+    )
+    cd_axes = np.array([u(18, 26), u(16, 22), u(25, 35)]) * caud_scale
+    ivc_a, ivc_b = u(11, 15), u(8, 11)
+    ivc_x, ivc_y = -u(20, 30), yv - vr - ivc_b - u(5, 12)
+    cd = Ellipsoid.random(
+        rng, (ivc_x + cd_axes[0] * 0.8, ivc_y - 5, -u(45, 60)), cd_axes, bumps=bumps, freq=freq
+    )
+    parts = [rl, seg4, ll, cd]
+    if rng.random() < 0.15:  # Riedel lobe: inferior tongue of the right lobe
+        parts.append(
+            Ellipsoid.random(
+                rng,
+                (rl.centre[0] - rl_axes[0] * 0.3, rl.centre[1], rl.centre[2] - rl_axes[2] * 0.9),
+                (25, 35, 50),
+                bumps=bumps,
+            )
+        )
+    liver_fn = union_inside(parts)
+    lbox = union_bbox(parts)
+    z_lo, z_hi = float(lbox[0][2]), float(lbox[1][2])
+
+    # Organs that sit around the liver, painted before it so the liver wins where they touch.
+    spleen_scale = u(1.3, 1.6) if cirrhotic else u(0.85, 1.1)
+    sp = Ellipsoid.random(
+        rng,
+        (ac * u(0.55, 0.68), bc * u(0.2, 0.4), -u(40, 70)),
+        np.array([u(25, 32), u(45, 60), u(40, 55)]) * spleen_scale,
+        rotate_deg=25,
+        bumps=0.04,
+    )
+    add(T.SPLEEN, sp.bbox(), sp.inside, 0.9, {T.VISCERAL_FAT})
+
+    st_c = (ac * u(0.2, 0.4), -bc * u(0.25, 0.45), -u(35, 60))
+    st = Ellipsoid.random(rng, st_c, (u(35, 50), u(30, 45), u(45, 60)), rotate_deg=20, bumps=0.04)
+    add(T.STOMACH_WALL, st.bbox(), st.inside, 0.7, {T.VISCERAL_FAT})
+    lumen = Ellipsoid(
+        st.centre, st.axes - 5, st.rotation, st.wave_dirs, st.wave_freq, st.wave_amp, st.wave_phase
+    )
+    add(T.LUMEN_FLUID, lumen.bbox(), lumen.inside, 0.7, {T.STOMACH_WALL})
+    if rng.random() < 0.7:
+        level = st_c[1] - u(0.0, 0.6) * st.axes[1]
+        add(
+            T.BOWEL_GAS,
+            lumen.bbox(),
+            lambda x, y, z: lumen.inside(x, y, z) & (y < level),
+            0.7,
+            {T.LUMEN_FLUID},
+        )
+
+    # Pancreas: head near the duodenum, body over the vessels, tail to the splenic hilum.
+    pz = -u(85, 115)
+    pan_pts = np.array(
+        [
+            [-u(25, 40), yv - u(45, 60), pz - u(5, 15)],
+            [u(0, 15), yv - u(55, 70), pz],
+            [u(45, 60), yv - u(35, 50), pz + u(5, 15)],
+            [sp.centre[0] - 15, sp.centre[1] - 5, pz + 15],
+        ]
+    )
+    pr = np.array([u(11, 15), u(8, 11), u(7, 10)])
+    add(
+        T.PANCREAS,
+        capsules_bbox(pan_pts[:-1], pan_pts[1:], pr),
+        capsules_inside(pan_pts[:-1], pan_pts[1:], pr, np.append(pr[1:], pr[-1] * 0.8)),
+        0.6,
+        {T.VISCERAL_FAT},
+    )
+
+    # Kidneys, lateral to the spine, the right one lower (under the liver).
+    for side, zc in ((-1, -u(120, 150)), (1, -u(105, 135))):
+        kc = (side * u(55, 75), yv + u(-5, 15), zc)
+        kid = Ellipsoid.random(rng, kc, (u(24, 30), u(22, 28), u(45, 60)), rotate_deg=20, bumps=0.02)
+        add(T.KIDNEY_CORTEX, kid.bbox(), kid.inside, 0.5, {T.VISCERAL_FAT, T.MUSCLE})
+        med = kid.scaled(0.62)
+        add(T.KIDNEY_MEDULLA, med.bbox(), med.inside, 0.5, {T.KIDNEY_CORTEX})
+        sinus = Ellipsoid(kid.centre - np.array([side * kid.axes[0] * 0.55, 0, 0]), kid.axes * 0.35)
+        add(T.VISCERAL_FAT, sinus.bbox(), sinus.inside, 0.5, {T.KIDNEY_CORTEX, T.KIDNEY_MEDULLA})
+
+    # Big vessels.
+    ao_r = u(9, 13)
+    ao_x, ao_y = u(12, 25), yv - vr - ao_r - u(3, 8)
+    aorta = Cylinder(ao_x, ao_y, ao_r, ao_r, -400, 200)
+    add(T.AORTA, aorta.bbox(), aorta.inside, 0.0, {T.VISCERAL_FAT, T.MUSCLE, T.PANCREAS})
+
+    add(
+        T.LIVER,
+        lbox,
+        liver_fn,
+        1.0,
+        {T.VISCERAL_FAT, T.SPLEEN, T.STOMACH_WALL, T.LUMEN_FLUID, T.BOWEL_GAS, T.PANCREAS, T.KIDNEY_CORTEX},
+        env=1,
+    )
+
+    # Portal venous system: SMV, confluence, splenic vein, trunk to the hilum, intrahepatic branches.
+    confl = np.array([u(-5, 10), yv - u(45, 60), pz - 10])
+    hilum = np.array(
+        [
+            rl.centre[0] + rl_axes[0] * u(0.3, 0.5),
+            rl.centre[1] - rl_axes[1] * 0.1,
+            rl.centre[2] - rl_axes[2] * u(0.05, 0.25),
+        ]
+    )
+    pv_p0 = np.array([confl - [0, 0, 120], confl, [*sp.centre, -sp.axes[0] * 0.6, 0, 0]])
+    pv_p1 = np.array([confl, hilum, confl])
+    pv_r = np.array([u(5, 7), u(6.5, 9), u(4, 5.5)])
+    add(
+        T.PORTAL_VEIN,
+        capsules_bbox(pv_p0, pv_p1, pv_r),
+        capsules_inside(pv_p0, pv_p1, pv_r, pv_r),
+        0.7,
+        {T.VISCERAL_FAT, T.PANCREAS, T.LIVER},
+    )
+    targets = [rl.centre + rng.normal(0, 10, 3), ll.centre + rng.normal(0, 8, 3)]
+    p0, p1, r0, r1 = _vessel_tree(rng, hilum, targets, float(pv_r[1]) * 0.8, 3, liver_fn)
+    p0a, p1a, r0a = np.array(p0), np.array(p1), np.array(r0)
+    add(
+        T.PORTAL_VEIN,
+        capsules_bbox(p0a, p1a, r0a),
+        capsules_inside(p0a, p1a, r0a, np.array(r1)),
+        1.0,
+        {T.LIVER},
+    )
+    # Hepatic artery branches run beside the first portal generations.
+    ha_off = rng.normal(0, 1, 3)
+    ha_off = ha_off / np.linalg.norm(ha_off) * 5.0
+    n_ha = min(len(p0), 6)
+    ha_r = np.full(n_ha, 1.6)
+    add(
+        T.HEPATIC_ARTERY,
+        capsules_bbox(p0a[:n_ha] + ha_off, p1a[:n_ha] + ha_off, ha_r),
+        capsules_inside(p0a[:n_ha] + ha_off, p1a[:n_ha] + ha_off, ha_r, ha_r * 0.8),
+        1.0,
+        {T.LIVER},
+    )
+
+    # Hepatic veins: three trunks from the IVC at the dome, branching inferiorly and anteriorly.
+    hv_root = np.array([ivc_x, ivc_y - 5, -u(12, 22)])
+    hv_targets = [
+        np.array([rl.centre[0] - rl_axes[0] * 0.5, rl.centre[1], rl.centre[2] - 15]),
+        np.array([seg4.centre[0] + 10, seg4.centre[1], seg4.centre[2] - 10]),
+        np.array([ll.centre[0], ll.centre[1] + 5, ll.centre[2]]),
+    ]
+    p0, p1, r0, r1 = _vessel_tree(rng, hv_root, hv_targets, u(5, 7), 2, liver_fn)
+    p0a, p1a, r0a = np.array(p0), np.array(p1), np.array(r0)
+    add(
+        T.HEPATIC_VEIN,
+        capsules_bbox(p0a, p1a, r0a),
+        capsules_inside(p0a, p1a, r0a, np.array(r1)),
+        1.0,
+        {T.LIVER},
+    )
+
+    # IVC through the bare area of the liver: carved out of the liver mask.
+    ivc = Cylinder(ivc_x, ivc_y, ivc_a, ivc_b, -400, 200)
+    add(T.IVC, ivc.bbox(), ivc.inside, 0.5, {T.VISCERAL_FAT, T.LIVER, T.MUSCLE, T.PANCREAS}, env=-1)
+
+    # Gallbladder in its fossa on the inferior surface of the liver (absent after cholecystectomy).
+    if rng.random() < 0.85:
+        gb = Ellipsoid.random(
+            rng,
+            (
+                rl.centre[0] + rl_axes[0] * u(0.2, 0.5),
+                rl.centre[1] - rl_axes[1] * u(0.5, 0.7),
+                rl.centre[2] - rl_axes[2] * u(0.55, 0.8),
+            ),
+            (u(13, 20), u(14, 22), u(30, 45)),
+            rotate_deg=25,
+            bumps=0.02,
+        )
+        add(T.GALLBLADDER, gb.bbox(), gb.inside, 1.0, {T.LIVER, T.VISCERAL_FAT, T.PORTAL_VEIN}, env=-1)
+
+    # Bowel loops in the lower abdomen: wall, then fluid or gas lumen.
+    n_loops = int(rng.integers(14, 24))
+    starts = np.column_stack(
+        [
+            rng.uniform(-0.7, 0.7, n_loops) * ac,
+            rng.uniform(-0.6, 0.3, n_loops) * bc,
+            rng.uniform(z_lo - 140, z_lo + 30, n_loops),
+        ]
+    )
+    ends = starts + rng.normal(0, 30, (n_loops, 3))
+    radii = rng.uniform(9, 18, n_loops)
+    add(
+        T.BOWEL_WALL,
+        capsules_bbox(starts, ends, radii),
+        capsules_inside(starts, ends, radii, radii),
+        0.3,
+        {T.VISCERAL_FAT},
+    )
+    gas = rng.random(n_loops) < 0.4
+    for sel, lab in ((gas, T.BOWEL_GAS), (~gas, T.LUMEN_FLUID)):
+        if sel.any():
+            rr = radii[sel] - 3.0
+            add(
+                lab,
+                capsules_bbox(starts[sel], ends[sel], rr),
+                capsules_inside(starts[sel], ends[sel], rr, rr),
+                0.3,
+                {T.BOWEL_WALL},
+            )
+
+    if cirrhotic and rng.random() < 0.5:  # ascites around the liver and spleen
+        rim = [p.scaled(1.12) for p in parts] + [sp.scaled(1.15)]
+        add(T.ASCITES, union_bbox(rim), union_inside(rim), 1.0, {T.VISCERAL_FAT})
+
+    # Lungs above the diaphragm domes; the domes move with the liver.
+    r_apex = np.array([rl.centre[0], rl.centre[1] + 10, z_hi + 3])
+    l_apex = np.array([sp.centre[0] - 20, sp.centre[1], max(sp.centre[2] + sp.axes[2], z_hi - u(5, 20)) + 3])
+    curv = u(90, 140)
+
+    def lung(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        zr = r_apex[2] - ((x - r_apex[0]) ** 2 + (y - r_apex[1]) ** 2 * 0.6) / (2 * curv)
+        zl = l_apex[2] - ((x - l_apex[0]) ** 2 + (y - l_apex[1]) ** 2 * 0.6) / (2 * curv)
+        return cavity.inside(x, y, z) & (z > np.maximum(zr, zl) + 6 * (y / bc))
+
+    add(T.LUNG, ((-ac, -bc, z_hi - 160), (ac, bc, 200)), lung, 1.0, {T.VISCERAL_FAT})
+    heart = Ellipsoid.random(
+        rng,
+        (u(5, 30), -bc * u(0.2, 0.4), z_hi + u(30, 55)),
+        (u(50, 65), u(45, 55), u(40, 50)),
+        rotate_deg=20,
+        bumps=0.02,
+    )
+    add(T.HEART, heart.bbox(), heart.inside, 0.3, {T.LUNG, T.VISCERAL_FAT})
+
+    return Anatomy(
+        shapes=shapes,
+        liver_parts=parts,
+        z_range=(z_lo, z_hi),
+        body=body,
+        cirrhotic=cirrhotic,
+        fatty=fatty,
+        hilum=hilum,
+        notes={"body_width_mm": 2 * a_body, "body_ap_mm": 2 * b_body},
+    )

@@ -1,0 +1,353 @@
+"""The seven focal liver lesion types: size, placement, and their appearance in each phase.
+
+Each lesion is an ellipsoid with lobulation whose interior pattern depends on its type and the phase,
+following ``shared/reference/ct-appearance.md``: cyst (water, sharp), haemangioma (peripheral nodules as
+bright as the aorta, centripetal fill-in, small ones flash-filling), FNH (homogeneous arterial
+hyperenhancement, iso in PV, central scar), abscess (fluid centre, enhancing inner rim, oedema ring,
+septa, gas, arterial wedge of the surrounding liver), HCC (mosaic arterial hyperenhancement, washout,
+capsule, hypovascular variant, necrosis), ICC (irregular rim, progressive central fill, dilated ducts),
+metastasis (rim/target, hypervascular variant). Intensities are set relative to the patient's own liver
+and blood values so that contrast dose and timing act on lesions as on organs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from liaids.codes import PHASES
+from liaids.phantom.anatomy import Anatomy, Ellipsoid
+from liaids.phantom.enhancement import Attenuation
+from liaids.phantom.labels import Tissue
+
+# Diameter distribution per type: (median mm, log-normal sigma).
+_SIZE = {
+    "HC": (9.0, 0.75),
+    "HH": (13.0, 0.75),
+    "HM": (12.0, 0.7),
+    "HCC": (28.0, 0.75),
+    "ICC": (42.0, 0.5),
+    "HA": (45.0, 0.55),
+    "FNH": (22.0, 0.6),
+}
+_EXTRA_COUNT = {"HC": 1.3, "HH": 0.5, "HM": 2.0, "HCC": 0.3, "ICC": 0.0, "HA": 0.3, "FNH": 0.3}
+_MAX_COUNT = {"HC": 8, "HH": 4, "HM": 10, "HCC": 3, "ICC": 1, "HA": 2, "FNH": 3}
+_EDGE_MM = 0.6
+
+
+@dataclass
+class LesionSpec:
+    """One lesion: geometry in the liver frame (mm, before breathing shift) and per-phase intensities."""
+
+    lesion_id: int
+    lesion_type: str
+    shape: Ellipsoid
+    variant: str
+    hu: dict[str, dict[str, float]]  # phase -> component -> HU
+    pattern: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def radius_mm(self) -> float:
+        return float(np.cbrt(np.prod(self.shape.axes)))
+
+    @property
+    def diameter_mm(self) -> float:
+        return 2.0 * float(self.shape.axes.max())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.lesion_id,
+            "type": self.lesion_type,
+            "variant": self.variant,
+            "centre_mm": [round(float(v), 2) for v in self.shape.centre],
+            "diameter_mm": round(self.diameter_mm, 2),
+        }
+
+
+def lesion_count(rng: np.random.Generator, lesion_type: str) -> int:
+    """Number of lesions of the patient's main diagnosis."""
+    return int(min(_MAX_COUNT[lesion_type], 1 + rng.poisson(_EXTRA_COUNT[lesion_type])))
+
+
+def sample_diameter(rng: np.random.Generator, lesion_type: str, scale: float = 1.0) -> float:
+    median, sigma = _SIZE[lesion_type]
+    return float(np.clip(median * scale * np.exp(rng.normal(0, sigma)), 3.0, 130.0))
+
+
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(rng.uniform(lo, hi))
+
+
+def make_lesion(
+    rng: np.random.Generator,
+    lesion_id: int,
+    lesion_type: str,
+    centre: np.ndarray,
+    diameter: float,
+    att: Attenuation,
+) -> LesionSpec:
+    """Draw shape, variant and per-phase intensities of one lesion.
+
+    Args:
+        rng: random generator.
+        lesion_id: instance id (>= 1) used in the lesion masks.
+        lesion_type: one of the seven codes.
+        centre: lesion centre in the liver frame (mm).
+        diameter: largest diameter in mm.
+        att: the patient's attenuation table.
+    """
+    liver = {p: att.hu(Tissue.LIVER, p) for p in PHASES}
+    aorta = {p: att.hu(Tissue.AORTA, p) for p in PHASES}
+    portal_pv = att.hu(Tissue.PORTAL_VEIN, "PV")
+    r = diameter / 2.0
+    lobulation = {"FNH": 0.12, "ICC": 0.16, "HM": 0.06, "HCC": 0.06, "HA": 0.08, "HH": 0.05, "HC": 0.02}[
+        lesion_type
+    ]
+    axes = r * np.array([1.0, _u(rng, 0.75, 1.0), _u(rng, 0.75, 1.0)])
+    rng.shuffle(axes)
+    shape = Ellipsoid.random(rng, centre, axes, rotate_deg=90, bumps=lobulation, freq=(1.5, 3.0))
+    hu: dict[str, dict[str, float]] = {p: {} for p in PHASES}
+    pattern: dict[str, Any] = {"texture": _texture(rng, 0.0)}
+    variant = "typical"
+    if lesion_type == "HC":
+        v = _u(rng, 0, 15)
+        for i, p in enumerate(PHASES):
+            hu[p]["core"] = v + i * _u(rng, 0, 1.5)
+    elif lesion_type == "HH":
+        nc = aorta["NC"] + rng.normal(0, 3)
+        if diameter < 20 and rng.random() < 0.5:
+            variant = "flash-filling"
+            hu["NC"]["core"] = nc
+            hu["ART"]["core"] = aorta["ART"] * _u(rng, 0.5, 0.7)
+            hu["PV"]["core"] = portal_pv * _u(rng, 0.82, 0.98)
+        else:
+            n = int(rng.integers(4, 10))
+            dirs = rng.normal(size=(n, 3))
+            dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+            pattern["nodules"] = dirs * _u(rng, 0.75, 0.9)
+            pattern["nodule_r"] = rng.uniform(0.16, 0.28, n)
+            pattern["fill_front"] = _u(rng, 0.25, 0.6) if diameter > 40 else _u(rng, 0.0, 0.4)
+            hu["NC"].update(core=nc, nodule=nc)
+            hu["ART"].update(core=nc + _u(rng, 3, 12), nodule=aorta["ART"] * _u(rng, 0.75, 0.95))
+            hu["PV"].update(core=nc + _u(rng, 5, 20), nodule=portal_pv * _u(rng, 0.82, 0.98))
+    elif lesion_type == "FNH":
+        hu["NC"]["core"] = liver["NC"] - _u(rng, 2, 9)
+        hu["ART"]["core"] = liver["ART"] + _u(rng, 40, 80)
+        hu["PV"]["core"] = liver["PV"] + _u(rng, -6, 8)
+        pattern["texture"] = _texture(rng, 4.0)
+        if diameter >= 15 and rng.random() < 0.85:
+            variant = "with-scar"
+            spokes = rng.normal(size=(int(rng.integers(3, 7)), 3))
+            pattern["spokes"] = spokes / np.linalg.norm(spokes, axis=1, keepdims=True)
+            hu["NC"]["scar"] = hu["NC"]["core"] - _u(rng, 12, 22)
+            hu["ART"]["scar"] = liver["ART"] - _u(rng, 0, 15)
+            hu["PV"]["scar"] = liver["PV"] - _u(rng, 8, 22)
+    elif lesion_type == "HA":
+        fluid = _u(rng, 10, 28)
+        hu["NC"].update(core=fluid, rim=_u(rng, 35, 45))
+        hu["ART"].update(core=fluid + _u(rng, 0, 5), rim=liver["ART"] + _u(rng, 10, 35))
+        hu["PV"].update(core=fluid + _u(rng, 0, 8), rim=liver["PV"] + _u(rng, -10, 8))
+        pattern["rim_mm"] = _u(rng, 2.5, 5.0)
+        n_septa = int(rng.integers(4, 7)) if rng.random() < 0.4 else int(rng.integers(0, 3))
+        normals = rng.normal(size=(n_septa, 3))
+        pattern["septa"] = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-6)
+        pattern["septa_offset"] = rng.uniform(-0.4, 0.4, n_septa)
+        if rng.random() < 0.25:
+            variant = "gas-containing"
+            pattern["gas"] = rng.uniform([-0.4, -0.7, -0.4], [0.4, -0.3, 0.4], (int(rng.integers(2, 6)), 3))
+        # Oedema ring (hypo, all phases) and an arterial wedge of the neighbouring liver; not in the mask.
+        pattern["oedema_mm"] = _u(rng, 3, 7)
+        pattern["oedema_delta"] = {"NC": -_u(rng, 5, 10), "ART": -_u(rng, 10, 20), "PV": -_u(rng, 35, 50)}
+        wedge = rng.normal(size=3)
+        pattern["wedge_dir"] = wedge / np.linalg.norm(wedge)
+        pattern["wedge_delta"] = _u(rng, 15, 35)
+    elif lesion_type == "HCC":
+        hu["NC"]["core"] = liver["NC"] - _u(rng, 6, 18)
+        if rng.random() < 0.15:
+            variant = "hypovascular"
+            hu["ART"]["core"] = liver["ART"] - _u(rng, 5, 20)
+        else:
+            hu["ART"]["core"] = liver["ART"] + _u(rng, 15, 50)
+        hu["PV"]["core"] = liver["PV"] - _u(rng, 12, 30)
+        hu["NC"]["capsule"] = hu["NC"]["core"]
+        hu["ART"]["capsule"] = hu["ART"]["core"]
+        hu["PV"]["capsule"] = liver["PV"] + _u(rng, 8, 25)
+        pattern["capsule_mm"] = _u(rng, 1.2, 2.5) if rng.random() < 0.8 else 0.0
+        pattern["texture"] = _texture(rng, _u(rng, 8, 18), freq=(3.0, 7.0))
+        if diameter > 40 and rng.random() < 0.6:
+            pattern["necrosis"] = _u(rng, 0.25, 0.5)
+            for p in PHASES:
+                hu[p]["necrosis"] = _u(rng, 22, 35)
+    elif lesion_type == "ICC":
+        nc = liver["NC"] - _u(rng, 14, 24)
+        hu["NC"].update(core=nc, rim=nc)
+        hu["ART"].update(core=nc + _u(rng, 5, 15), rim=liver["ART"] + _u(rng, 10, 35))
+        hu["PV"].update(core=nc + _u(rng, 30, 50), rim=liver["PV"] - _u(rng, 0, 15))
+        pattern["rim_mm"] = _u(rng, 2.0, 4.5)
+        pattern["rim_texture"] = _texture(rng, 0.35, freq=(4.0, 8.0))
+    elif lesion_type == "HM":
+        nc = liver["NC"] - _u(rng, 12, 24)
+        if rng.random() < 0.15:
+            variant = "hypervascular"
+            hu["NC"].update(core=nc, rim=nc)
+            hu["ART"].update(core=liver["ART"] + _u(rng, 25, 55), rim=liver["ART"] + _u(rng, 25, 55))
+            hu["PV"].update(core=liver["PV"] - _u(rng, 10, 30), rim=liver["PV"] - _u(rng, 5, 20))
+            pattern["rim_mm"] = 0.0
+            if diameter > 25:
+                pattern["necrosis"] = _u(rng, 0.25, 0.45)
+                for p in PHASES:
+                    hu[p]["necrosis"] = nc + _u(rng, 0, 12)
+        else:
+            hu["NC"].update(core=nc, rim=nc + _u(rng, 0, 6))
+            hu["ART"].update(core=nc + _u(rng, 4, 15), rim=liver["ART"] + _u(rng, -5, 20))
+            hu["PV"].update(core=liver["PV"] - _u(rng, 40, 65), rim=liver["PV"] - _u(rng, -5, 15))
+            pattern["rim_mm"] = _u(rng, 1.5, 4.0)
+        pattern["texture"] = _texture(rng, 4.0)
+    else:  # pragma: no cover - the type list is closed
+        raise ValueError(f"unknown lesion type {lesion_type!r}")
+    return LesionSpec(lesion_id, lesion_type, shape, variant, hu, pattern)
+
+
+def _texture(
+    rng: np.random.Generator, amplitude: float, freq: tuple[float, float] = (1.5, 4.0)
+) -> dict[str, Any]:
+    dirs = rng.normal(size=(4, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return {
+        "amp": amplitude,
+        "dirs": dirs,
+        "freq": rng.uniform(*freq, 4),
+        "phase": rng.uniform(0, 2 * np.pi, 4),
+    }
+
+
+def _wave(tex: dict[str, Any], u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray | float:
+    if tex["amp"] == 0:
+        return 0.0
+    out = np.zeros_like(u)
+    for d, f, ph in zip(tex["dirs"], tex["freq"], tex["phase"], strict=True):
+        out += np.sin(f * np.pi * (d[0] * u + d[1] * v + d[2] * w) + ph)
+    return out * (tex["amp"] / 2.0)
+
+
+def render_lesion(
+    spec: LesionSpec, x: np.ndarray, y: np.ndarray, z: np.ndarray, phase: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Appearance of one lesion on sample points (mm, liver frame).
+
+    Returns:
+        ``(alpha, hu, peri)``: lesion occupancy in [0, 1] (soft edge of about one pixel), lesion HU
+        where it is present, and an additive HU change of the liver around it (oedema, arterial wedge).
+    """
+    sh = spec.shape
+    u, v, w = sh.local(x, y, z)
+    u, v, w = np.broadcast_arrays(u, v, w)
+    rho = sh.radius_field(x, y, z)
+    rho = np.broadcast_to(rho, u.shape)
+    rmean = spec.radius_mm
+    depth = (1.0 - rho) * rmean  # mm inside the surface (negative outside)
+    alpha = np.clip(0.5 + depth / _EDGE_MM, 0.0, 1.0).astype(np.float32)
+    h = spec.hu[phase]
+    pat = spec.pattern
+    hu = np.full(u.shape, h["core"], np.float32)
+    peri = np.zeros(u.shape, np.float32)
+    t = spec.lesion_type
+    if t == "HH" and "nodules" in pat:
+        near = np.zeros(u.shape, bool)
+        for c, nr in zip(pat["nodules"], pat["nodule_r"], strict=True):
+            near |= (u - c[0]) ** 2 + (v - c[1]) ** 2 + (w - c[2]) ** 2 < nr * nr
+        if phase == "ART":
+            hu[near] = h["nodule"]
+        elif phase == "PV":
+            filled = near | (rho > pat["fill_front"])
+            hu[filled] = h["nodule"]
+    elif t == "FNH" and "spokes" in pat:
+        scar = rho < 0.2
+        r = np.sqrt(u * u + v * v + w * w) + 1e-6
+        for d in pat["spokes"]:
+            proj = (u * d[0] + v * d[1] + w * d[2]) / r
+            scar |= (proj > 0.97) & (rho < 0.7)
+        hu[scar] = h["scar"]
+    elif t == "HA":
+        hu[depth < pat["rim_mm"]] = h["rim"]
+        for n, off in zip(pat["septa"], pat["septa_offset"], strict=True):
+            hu[np.abs(u * n[0] + v * n[1] + w * n[2] - off) < 0.04] = h["rim"]
+        if "gas" in pat:
+            for g in pat["gas"]:
+                hu[(u - g[0]) ** 2 + (v - g[1]) ** 2 + (w - g[2]) ** 2 < 0.012] = -900.0
+        ring = (depth < 0) & (depth > -pat["oedema_mm"])
+        peri[ring] = pat["oedema_delta"][phase]
+        if phase == "ART":
+            r = np.sqrt(u * u + v * v + w * w) + 1e-6
+            d = pat["wedge_dir"]
+            cone = ((u * d[0] + v * d[1] + w * d[2]) / r > 0.8) & (depth <= -pat["oedema_mm"]) & (rho < 2.2)
+            peri[cone] = pat["wedge_delta"]
+    elif t == "HCC":
+        if pat.get("capsule_mm", 0) > 0:
+            hu[depth < pat["capsule_mm"]] = h["capsule"]
+        if "necrosis" in pat:
+            hu[rho < pat["necrosis"]] = h["necrosis"]
+    elif t in ("ICC", "HM") and pat.get("rim_mm", 0) > 0:
+        irregular = 1.0 + (_wave(pat["rim_texture"], u * 3, v * 3, w * 3) if "rim_texture" in pat else 0.0)
+        hu[depth < pat["rim_mm"] * irregular] = h["rim"]
+        if "necrosis" in pat:
+            hu[rho < pat["necrosis"]] = h["necrosis"]
+    elif t == "HM" and "necrosis" in pat:
+        hu[rho < pat["necrosis"]] = h["necrosis"]
+    tex = pat.get("texture")
+    if tex is not None and tex["amp"] > 0:
+        hu += _wave(tex, u, v, w).astype(np.float32)
+    return alpha, hu, peri
+
+
+def place_lesions(
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    wanted: list[tuple[str, float]],
+    att: Attenuation,
+) -> list[LesionSpec]:
+    """Place lesions inside the liver, largest first, without overlap; shrink one that cannot fit.
+
+    Args:
+        rng: random generator.
+        anatomy: the patient (its liver parts give the interior distance map).
+        wanted: (type, diameter mm) per lesion.
+        att: attenuation table for the lesions' intensities.
+    """
+    if not wanted:
+        return []
+    from liaids.phantom.anatomy import union_bbox
+
+    step = 3.0
+    lo, hi = union_bbox(anatomy.liver_parts)
+    gx, gy, gz = (np.arange(lo[i], hi[i] + step, step) for i in range(3))
+    inside = anatomy.liver_inside(gx[None, None, :], gy[None, :, None], gz[:, None, None])
+    depth = ndimage.distance_transform_edt(inside) * step
+    order = sorted(range(len(wanted)), key=lambda i: -wanted[i][1])
+    placed: list[tuple[np.ndarray, float]] = []
+    specs: dict[int, LesionSpec] = {}
+    for idx in order:
+        lesion_type, diameter = wanted[idx]
+        r = diameter / 2.0
+        for _attempt in range(6):
+            ok = depth >= max(r * 0.8, 4.0)
+            cand = np.argwhere(ok)
+            if len(cand) == 0:
+                r = max(1.5, float(depth.max()) * 0.8)
+                continue
+            chosen = None
+            for k in rng.permutation(len(cand))[:200]:
+                kz, ky, kx = cand[k]
+                c = np.array([gx[kx], gy[ky], gz[kz]]) + rng.uniform(-step / 2, step / 2, 3)
+                if all(np.linalg.norm(c - pc) > (r + pr) * 1.05 + 2 for pc, pr in placed):
+                    chosen = c
+                    break
+            if chosen is not None:
+                placed.append((chosen, r))
+                specs[idx] = make_lesion(rng, idx + 1, lesion_type, chosen, 2 * r, att)
+                break
+            r *= 0.75
+    return [specs[i] for i in sorted(specs)]

@@ -1,0 +1,70 @@
+"""Measurements on phantom cases: tissue and lesion attenuation, lesion sizes, breathing shifts.
+
+Used by ``benchmarks/phantom_realism.py`` and ``benchmarks/phantom_difficulty.py`` and by the tests, so
+the figures in the README come from one implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from liaids.codes import PHASES
+from liaids.phantom.labels import Tissue
+from liaids.phantom.synthesize import PhantomCase
+
+REPORTED_TISSUES = {
+    "aorta": Tissue.AORTA,
+    "portal_vein": Tissue.PORTAL_VEIN,
+    "liver": Tissue.LIVER,
+    "spleen": Tissue.SPLEEN,
+}
+
+
+def tissue_means(case: PhantomCase) -> dict[str, dict[str, float]]:
+    """Mean HU per reported tissue and phase, inside masks eroded in-plane by 2 voxels (no partial volume)."""
+    out: dict[str, dict[str, float]] = {}
+    structure = np.zeros((1, 5, 5), bool)
+    structure[0] = True
+    for name, tissue in REPORTED_TISSUES.items():
+        out[name] = {}
+        for p in PHASES:
+            mask = ndimage.binary_erosion(case.anatomy[p].array == tissue, structure)
+            vals = case.study[p].array[mask]
+            out[name][p] = float(vals.mean()) if vals.size else float("nan")
+    return out
+
+
+def lesion_features(case: PhantomCase) -> list[dict[str, Any]]:
+    """Per lesion: type, diameter, PV volume (ml), mean HU per phase (NaN if absent), clinical fields."""
+    rows = []
+    for spec in case.lesion_specs:
+        row: dict[str, Any] = {
+            "case_id": case.case_id,
+            "type": spec.lesion_type,
+            "variant": spec.variant,
+            "diameter_mm": spec.diameter_mm,
+        }
+        for p in PHASES:
+            mask = case.lesions[p].array == spec.lesion_id
+            row[f"mean_{p}"] = float(case.study[p].array[mask].mean()) if mask.any() else float("nan")
+            if p == "PV":
+                row["volume_ml"] = float(mask.sum() * np.prod(case.lesions[p].spacing) / 1000.0)
+        row["clinical"] = case.plan.clinical.encode()
+        rows.append(row)
+    return rows
+
+
+def liver_centroid_shifts(case: PhantomCase) -> dict[str, float]:
+    """Distance (mm) between liver-mask centroids of phase pairs, measured on the masks."""
+    cents = {}
+    for p in PHASES:
+        vol = case.liver[p]
+        idx = np.argwhere(vol.array > 0)[:, ::-1].mean(axis=0)  # (i, j, k)
+        cents[p] = vol.index_to_physical(idx)
+    return {
+        f"{a}-{b}": float(np.linalg.norm(cents[a] - cents[b]))
+        for a, b in (("NC", "ART"), ("NC", "PV"), ("ART", "PV"))
+    }
