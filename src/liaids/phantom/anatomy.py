@@ -115,36 +115,76 @@ class Ellipsoid:
         return lo, hi  # type: ignore[return-value]
 
     def local(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Coordinates in the ellipsoid's frame, divided by its axes."""
-        dx, dy, dz = x - self.centre[0], y - self.centre[1], z - self.centre[2]
-        r = self.rotation  # local = R^T (p - c)
-        u = (r[0, 0] * dx + r[1, 0] * dy + r[2, 0] * dz) / self.axes[0]
-        v = (r[0, 1] * dx + r[1, 1] * dy + r[2, 1] * dz) / self.axes[1]
-        w = (r[0, 2] * dx + r[1, 2] * dy + r[2, 2] * dz) / self.axes[2]
+        """Coordinates in the ellipsoid's frame, divided by its axes (float32 in, float32 out)."""
+        c = [float(v) for v in self.centre]
+        # R^T (p - c) / axes, with the division folded into the coefficients; python floats keep float32.
+        m = [[float(self.rotation[i, j] / self.axes[j]) for i in range(3)] for j in range(3)]
+        dx, dy, dz = x - c[0], y - c[1], z - c[2]
+        u = m[0][0] * dx + m[0][1] * dy + m[0][2] * dz
+        v = m[1][0] * dx + m[1][1] * dy + m[1][2] * dz
+        w = m[2][0] * dx + m[2][1] * dy + m[2][2] * dz
         return u, v, w
+
+    def _surface_gain(self, u: np.ndarray, v: np.ndarray, w: np.ndarray, r: np.ndarray) -> np.ndarray:
+        inv = 1.0 / np.maximum(r, np.float32(1e-6))
+        g = np.ones_like(r)
+        for d, f, a, p in zip(self.wave_dirs, self.wave_freq, self.wave_amp, self.wave_phase, strict=True):
+            k = float(f * np.pi)
+            g += float(a) * np.sin(k * (float(d[0]) * u + float(d[1]) * v + float(d[2]) * w) * inv + float(p))
+        return g
 
     def radius_field(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         u, v, w = self.local(x, y, z)
-        r = np.sqrt(u * u + v * v + w * w, dtype=np.float32)
+        r = np.sqrt(u * u + v * v + w * w)
         if len(self.wave_amp):
-            inv = 1.0 / np.maximum(r, 1e-6)
-            g = np.ones_like(r)
-            for d, f, a, p in zip(
-                self.wave_dirs, self.wave_freq, self.wave_amp, self.wave_phase, strict=True
-            ):
-                g += a * np.sin(f * np.pi * (d[0] * u + d[1] * v + d[2] * w) * inv + p)
-            r = r / g
+            r = r / self._surface_gain(u, v, w, r)
         return r
 
     def inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        return self.radius_field(x, y, z) < 1.0
+        u, v, w = self.local(x, y, z)
+        r = np.sqrt(u * u + v * v + w * w)
+        amp = float(self.wave_amp.sum())
+        if amp == 0:
+            return r < 1.0
+        # The surface gain lies in [1 - amp, 1 + amp]: only the shell between needs the waves.
+        out = r < 1.0 - amp
+        shell = (r >= 1.0 - amp) & (r < 1.0 + amp)
+        if shell.any():
+            us, vs, ws = (np.broadcast_to(a, r.shape)[shell] for a in (u, v, w))
+            out[shell] = r[shell] < self._surface_gain(us, vs, ws, r[shell])
+        return out
+
+
+def _box_slices(
+    lo: Sequence[float], hi: Sequence[float], x: np.ndarray, y: np.ndarray, z: np.ndarray
+) -> tuple[slice, slice, slice] | None:
+    """Index window of axis-aligned coordinate vectors (x last axis, y middle, z first) inside a box."""
+    out = []
+    for arr, axis, a, b in ((z, 0, lo[2], hi[2]), (y, 1, lo[1], hi[1]), (x, 2, lo[0], hi[0])):
+        vec = arr.reshape(-1) if arr.shape[axis] == arr.size else None
+        if vec is None:
+            out.append(slice(None))
+            continue
+        idx = np.nonzero((vec >= a) & (vec <= b))[0]
+        if idx.size == 0:
+            return None
+        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return out[0], out[1], out[2]
 
 
 def union_inside(parts: Sequence[Ellipsoid]) -> InsideFn:
+    """Inside-test of a union; each part is evaluated only within its own bounding box."""
+    boxes = [p.bbox() for p in parts]
+
     def inside(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        out = parts[0].inside(x, y, z)
-        for p in parts[1:]:
-            out = out | p.inside(x, y, z)
+        out = np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), bool)
+        for part, (lo, hi) in zip(parts, boxes, strict=True):
+            win = _box_slices(lo, hi, x, y, z)
+            if win is None:
+                continue
+            sz, sy, sx = win
+            xs, ys, zs = x[..., sx], y[:, sy, :], z[sz]
+            out[sz, sy, sx] |= np.broadcast_to(part.inside(xs, ys, zs), out[sz, sy, sx].shape)
         return out
 
     return inside
@@ -375,15 +415,21 @@ def build_anatomy(rng: np.random.Generator, *, cirrhotic: bool, fatty: bool) -> 
     rib_th = rng.uniform(0.9, 1.4, len(rib_z))
 
     def ribs(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        rho = muscle.normalised_radius(x, y)
-        ring = (rho > 1.0 - 0.6 * wall / min(muscle.a, muscle.b)) & (rho < 1.0)
-        th = np.arctan2(y, np.abs(x))  # 0 lateral, -pi/2 anterior, +pi/2 posterior
         out = np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), bool)
+        rho = muscle.normalised_radius(x, y)
+        plane = (1, *out.shape[1:])
+        ring = np.broadcast_to((rho > 1.0 - 0.6 * wall / min(muscle.a, muscle.b)) & (rho < 1.0), plane)[0]
+        if not ring.any():
+            return out
+        # Work on the ring pixels only: angle 0 lateral, -pi/2 anterior, +pi/2 posterior.
+        th = np.broadcast_to(np.arctan2(y, np.abs(x)), plane)[0][ring]
+        zc_all = z.reshape(-1) if z.size == out.shape[0] else np.full(out.shape[0], float(z.reshape(-1)[0]))
+        hit = np.zeros((out.shape[0], th.size), bool)
         for zc, span in zip(rib_z, rib_th, strict=True):
-            band = np.abs(z - zc - 60.0 * th) < 5.0
-            if band.any():
-                out |= ring & band & (th > -span) & (th < span)
-        return out & (z < 40)
+            hit |= (np.abs(zc_all[:, None] - zc - 60.0 * th[None, :]) < 5.0) & (np.abs(th) < span)[None, :]
+        hit &= (zc_all < 40)[:, None]
+        out[:, ring] = hit
+        return out
 
     add(T.BONE_CORTICAL, body.bbox(), ribs)
 
@@ -515,7 +561,7 @@ def build_anatomy(rng: np.random.Generator, *, cirrhotic: bool, fatty: bool) -> 
             rl.centre[2] - rl_axes[2] * u(0.05, 0.25),
         ]
     )
-    pv_p0 = np.array([confl - [0, 0, 120], confl, [*sp.centre, -sp.axes[0] * 0.6, 0, 0]])
+    pv_p0 = np.array([confl - [0, 0, 120], confl, sp.centre - np.array([sp.axes[0] * 0.6, 0.0, 0.0])])
     pv_p1 = np.array([confl, hilum, confl])
     pv_r = np.array([u(5, 7), u(6.5, 9), u(4, 5.5)])
     add(
