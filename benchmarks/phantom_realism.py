@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from liaids.codes import LESION_TYPES, PHASES
-from liaids.phantom.measure import lesion_features, liver_centroid_shifts, tissue_means
+from liaids.phantom.measure import lesion_features, lesion_roi_means, liver_centroid_shifts, tissue_means
 from liaids.phantom.profiles import load_profile
 from liaids.phantom.synthesize import synthesize_case
 
@@ -31,6 +31,7 @@ def _one(args: tuple[str, int, int]) -> dict:
     return {
         "tissues": tissue_means(case),
         "lesions": lesion_features(case),
+        "roi": lesion_roi_means(case),
         "measured_shift": liver_centroid_shifts(case),
         "true_shift": true_shift,
         "thickness": case.acquisition["slice_thickness_mm"],
@@ -62,23 +63,32 @@ def main() -> None:
     by_type = defaultdict(list)
     for row in lesions:
         by_type[row["type"]].append(row)
+    roi_by_type = defaultdict(list)
+    for r in results:
+        for row in r["roi"]:
+            roi_by_type[row["type"]].append(row)
+
+    def mean(rows: list[dict], key: str) -> float | None:
+        vals = [r[key] for r in rows if np.isfinite(r[key])]
+        return round(float(np.mean(vals)), 1) if vals else None
+
     for t in LESION_TYPES:
-        rows = by_type.get(t, [])
+        rows, roi = by_type.get(t, []), roi_by_type.get(t, [])
         summary["lesion_types"][t] = {
             "count": len(rows),
-            **{
-                p: round(float(np.nanmean([r[f"mean_{p}"] for r in rows])), 1) if rows else None
-                for p in PHASES
-            },
             "median_diameter_mm": round(float(np.median([r["diameter_mm"] for r in rows])), 1)
             if rows
             else None,
+            "mask_mean_hu": {p: mean(rows, f"mean_{p}") for p in PHASES},
+            "roi_count_10mm_plus": len(roi),
+            "roi_mean_hu": {p: mean(roi, p) for p in PHASES},
         }
     diam = np.array([r["diameter_mm"] for r in lesions])
     summary["lesions_total"] = len(lesions)
     summary["share_under_1cm"] = round(float((diam < 10).mean()), 3)
     summary["share_under_5mm"] = round(float((diam < 5).mean()), 3)
     summary["share_over_10cm"] = round(float((diam > 100).mean()), 3)
+    summary["diameter_range_mm"] = [round(float(diam.min()), 1), round(float(diam.max()), 1)]
     summary["patients_without_lesion"] = sum(1 for r in results if not r["lesions"])
     for key in ("measured_shift", "true_shift"):
         summary[f"mean_liver_{key}_mm"] = {

@@ -135,3 +135,42 @@ def test_synth_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path: Pa
         synthesize_dataset(tmp_path / "new", cases=1, profile=tmp_path / "missing.json")
     assert not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda d: d.update(cases=[5]), "'cases' must be a list of case ids"),
+        (lambda d: d.update(cases="internal_0000"), "'cases' must be a list of case ids"),
+        (lambda d: d.update(cases=["../elsewhere"]), "'cases' must be a list of case ids"),
+        (lambda d: d.update(cases=d["cases"] * 2), "case ids listed twice"),
+        (lambda d: d.update(phases=3), "phases must be"),
+    ],
+)
+def test_dataset_json_types(copy: Path, edit, words: str) -> None:
+    path = copy / "dataset.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=words):
+        Dataset(copy)
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda d: d.update(acquisition=["CT"]), "'acquisition' must be a JSON object"),
+        (
+            lambda d: d["lesions"].append({"id": 50, "type": "HC", "diameter_mm": "big"}),
+            "diameter_mm must be",
+        ),
+        (lambda d: d["lesions"].append({"id": 51, "type": "HC", "volume_ml": [1]}), "volume_ml must map"),
+    ],
+)
+def test_case_json_types(copy: Path, edit, words: str) -> None:
+    path = _case_dir(copy) / "case.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=words):
+        Dataset(copy).load_case(_case_dir(copy).name)

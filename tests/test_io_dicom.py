@@ -343,3 +343,12 @@ def test_read_volume_rejects_other_files(tmp_path: Path):
         read_volume(tmp_path / "notes.txt")
     with pytest.raises(StudyReadError, match="no such file or folder"):
         read_volume(tmp_path / "missing.nii.gz")
+
+
+def test_broken_link_in_a_series_folder_is_named(tmp_path: Path, small_volume, write_series) -> None:
+    folder = tmp_path / "series"
+    write_series(small_volume, folder)
+    (folder / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(StudyReadError, match="broken link") as err:
+        read_dicom_series(folder)
+    assert "dangling" in str(err.value)

@@ -64,3 +64,21 @@ def test_unparseable_profile(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ProfileError, match="cannot parse profile"):
         load_profile(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"name": "../escape"}, "name must be"),
+        ({"name": 5}, "name must be"),
+        ({"mas_range": ["a", "b"]}, "invalid profile value"),
+        ({"kvp": {"abc": 1}}, "invalid profile value"),
+        ({"age_mean": "x"}, "invalid profile value"),
+        ({"slice_thickness_mm": {"thin": 1.0}}, "invalid profile value"),
+    ],
+)
+def test_profile_values_of_the_wrong_type(tmp_path: Path, change: dict, words: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**load_profile("internal").to_dict(), **change}))
+    with pytest.raises(ProfileError, match=words):
+        load_profile(path)

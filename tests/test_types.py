@@ -111,3 +111,17 @@ def test_volume_validation_and_helpers():
     with pytest.raises(ValueError, match="unknown phase"):
         Study(phases={"DELAYED": v})
     assert Study(phases={"NC": v})["NC"] is v
+
+
+def test_from_canonical_undoes_to_canonical_for_every_axis_order() -> None:
+
+    rng = np.random.default_rng(3)
+    arr = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            d = np.zeros((3, 3))
+            for col, (row, sign) in enumerate(zip(perm, signs, strict=True)):
+                d[row, col] = sign
+            vol = Volume(arr, (0.7, 0.8, 2.0), (1.0, 2.0, 3.0), tuple(d.reshape(-1)))
+            canon = vol.to_canonical()
+            assert np.array_equal(vol.from_canonical(canon.array), arr)

@@ -16,6 +16,7 @@ from rich.console import Console
 from liaids.errors import LiaidsError
 
 app = typer.Typer(
+    pretty_exceptions_enable=False,
     add_completion=False,
     no_args_is_help=True,
     help="LiAIDS: liver lesion AI on triple-phase CT. Not for clinical use.",
@@ -29,7 +30,7 @@ console = Console(stderr=True)
 def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")],
     cases: Annotated[int, typer.Option(min=1, help="Number of patients.")] = 10,
-    seed: Annotated[int, typer.Option(help="Cohort seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Cohort seed (>= 0).")] = 0,
     profile: Annotated[
         str, typer.Option(help="Built-in profile (internal, zzh, qzh, nbh) or a JSON/YAML file.")
     ] = "internal",
@@ -102,30 +103,19 @@ def dataset_validate(root: Annotated[Path, typer.Argument(help="Dataset folder."
     ds = Dataset(root)
     problems = ds.validate()
     for line in problems:
-        console.print(f"[red]error[/red] {line}", highlight=False)
+        print(f"liaids: error: {line}", file=sys.stderr)
     if problems:
         raise typer.Exit(1)
     print(f"{root}: {len(ds)} case(s) valid")
 
 
 def main() -> None:
-    """Entry point: run the app, turning LiAIDS errors into one line and exit code 1."""
+    """Entry point: usage errors as click prints them (exit 2), LiAIDS errors as one line (exit 1)."""
     try:
-        app(standalone_mode=False)
+        app()
     except LiaidsError as exc:
         print(f"liaids: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

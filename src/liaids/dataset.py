@@ -18,6 +18,7 @@ Masks of a phase share that phase's image geometry; phases need not share geomet
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from liaids.errors import DatasetError, LiaidsError
 from liaids.types import Study, Volume
 
 FORMAT_VERSION = "1.0"
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 MASK_KINDS = ("liver", "lesions", "anatomy")
 
 
@@ -86,6 +88,8 @@ class CaseInfo:
         for key in ("case_id", "clinical", "lesions", "acquisition"):
             if key not in data:
                 raise DatasetError(f"case.json lacks the key {key!r}", path)
+        if not isinstance(data["acquisition"], dict):
+            raise DatasetError("'acquisition' must be a JSON object", path)
         clinical = ClinicalInfo.from_dict(data["clinical"], path)
         if not isinstance(data["lesions"], list):
             raise DatasetError("'lesions' must be a list", path)
@@ -104,6 +108,17 @@ class CaseInfo:
                     f"lesion {lid}: unknown type {ltype!r}; expected one of {', '.join(LESION_TYPES)}", path
                 )
             seen.add(lid)
+            diameter = item.get("diameter_mm")
+            if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, int | float)):
+                raise DatasetError(
+                    f"lesion {lid}: diameter_mm must be a number or null, got {diameter!r}", path
+                )
+            volumes = item.get("volume_ml") or {}
+            if not isinstance(volumes, dict) or any(
+                k not in PHASES or (v is not None and (isinstance(v, bool) or not isinstance(v, int | float)))
+                for k, v in volumes.items()
+            ):
+                raise DatasetError(f"lesion {lid}: volume_ml must map phases to numbers or null", path)
             extra = {k: v for k, v in item.items() if k not in ("id", "type", "diameter_mm", "volume_ml")}
             records.append(
                 LesionRecord(lid, ltype, item.get("diameter_mm"), item.get("volume_ml") or {}, extra)
@@ -190,10 +205,21 @@ class Dataset:
         for key in ("name", "phases", "cases"):
             if key not in meta:
                 raise DatasetError(f"dataset.json lacks the key {key!r}", self.root / "dataset.json")
-        if list(meta["phases"]) != list(PHASES):
+        if meta["phases"] != list(PHASES):
             raise DatasetError(
                 f"phases must be {list(PHASES)}, got {meta['phases']!r}", self.root / "dataset.json"
             )
+        cases = meta["cases"]
+        if not isinstance(cases, list) or not all(
+            isinstance(c, str) and _SAFE_ID.fullmatch(c) for c in cases
+        ):
+            raise DatasetError(
+                "'cases' must be a list of case ids (letters, digits, '.', '_', '-'; no path separators)",
+                self.root / "dataset.json",
+            )
+        duplicated = sorted({c for c in cases if cases.count(c) > 1})
+        if duplicated:
+            raise DatasetError(f"case ids listed twice: {duplicated[:5]}", self.root / "dataset.json")
         missing = [c for c in meta["cases"] if not (self.root / c).is_dir()]
         if missing:
             raise DatasetError(

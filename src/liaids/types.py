@@ -93,12 +93,8 @@ class Volume:
             and np.allclose(self.direction, other.direction, atol=tol)
         )
 
-    def to_canonical(self) -> Volume:
-        """Reorient by axis permutation and flips so that ``i``→left, ``j``→posterior, ``k``→superior.
-
-        No interpolation happens: voxels are only reordered, spacing is permuted and the origin moved
-        to the new first voxel, so every physical position is kept.
-        """
+    def _canonical_axes(self) -> tuple[list[int], list[float], list[int]]:
+        """``(perm, signs, np_axes)``: new axis ``n`` is old axis ``perm[n]`` times ``signs[n]``."""
         d = self.direction_matrix
         # For each patient axis (x, y, z) pick the array axis most aligned with it.
         perm = [int(np.argmax(np.abs(d[row]))) for row in range(3)]
@@ -113,6 +109,16 @@ class Volume:
         signs = [float(np.sign(d[row, perm[row]])) or 1.0 for row in range(3)]
         # perm[n] is the (i, j, k) axis that becomes new axis n; numpy axes are reversed (k, j, i).
         np_axes = [2 - perm[2], 2 - perm[1], 2 - perm[0]]
+        return perm, signs, np_axes
+
+    def to_canonical(self) -> Volume:
+        """Reorient by axis permutation and flips so that ``i``→left, ``j``→posterior, ``k``→superior.
+
+        No interpolation happens: voxels are only reordered, spacing is permuted and the origin moved
+        to the new first voxel, so every physical position is kept. :meth:`from_canonical` undoes it.
+        """
+        perm, signs, np_axes = self._canonical_axes()
+        d = self.direction_matrix
         arr = np.transpose(self.array, np_axes)
         new_spacing = tuple(float(self.spacing[perm[n]]) for n in range(3))
         new_dir = d[:, perm] * np.asarray(signs)[None, :]
@@ -121,8 +127,6 @@ class Volume:
         for n in range(3):
             if signs[n] < 0:
                 first[perm[n]] = self.array.shape[2 - perm[n]] - 1
-        for n in range(3):
-            if signs[n] < 0:
                 arr = np.flip(arr, axis=2 - n)
         new_origin = tuple(float(v) for v in self.index_to_physical(first))
         return Volume(
@@ -132,6 +136,17 @@ class Volume:
             direction=tuple(float(v) for v in new_dir.reshape(-1)),
             meta=dict(self.meta),
         )
+
+    def from_canonical(self, array: np.ndarray) -> np.ndarray:
+        """Bring an array laid out like ``self.to_canonical().array`` back to this volume's own layout.
+
+        Used to return a prediction made in canonical orientation in the input's geometry.
+        """
+        _perm, signs, np_axes = self._canonical_axes()
+        for n in range(3):
+            if signs[n] < 0:
+                array = np.flip(array, axis=2 - n)
+        return np.ascontiguousarray(np.transpose(array, np.argsort(np_axes)))
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,18 @@ def staged_output_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[P
     Raises:
         LiaidsError: ``out`` is a file, or a non-empty folder and ``overwrite`` is False.
     """
-    out = Path(out)
+    out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise LiaidsError("output exists and is not a folder", out)
+    if out == Path.cwd() or out in Path.cwd().parents or out.parent == out:
+        raise LiaidsError("output folder must not be the current folder, one above it, or the root", out)
     if _is_non_empty(out) and not overwrite:
         raise LiaidsError("output folder exists and is not empty (use overwrite to replace it)", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    except OSError as exc:
+        raise LiaidsError(f"cannot create the output folder ({exc.strerror or exc})", out) from exc
     try:
         stage.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
         yield stage

@@ -220,9 +220,16 @@ def _read_header(path: Path) -> Dataset | None:
     Raises:
         StudyReadError: the file is DICOM but truncated or corrupt.
     """
-    if _has_dicm_prefix(path):
+    if not path.is_file():
+        raise StudyReadError("unreadable file (broken link or not a regular file)", path)
+    try:
+        prefixed = _has_dicm_prefix(path)
+        raw = not prefixed and _looks_like_raw_dataset(path)
+    except OSError as exc:
+        raise StudyReadError(f"cannot read file ({exc.strerror or exc})", path) from exc
+    if prefixed:
         force = False
-    elif _looks_like_raw_dataset(path):
+    elif raw:
         force = True
     else:
         return None

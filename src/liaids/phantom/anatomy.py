@@ -282,6 +282,61 @@ class Cylinder:
 # The patient
 
 
+#: Tissues the liver may be painted over (organs drawn first that it may touch).
+LIVER_OVERPAINTS = frozenset(
+    {
+        Tissue.VISCERAL_FAT,
+        Tissue.SPLEEN,
+        Tissue.STOMACH_WALL,
+        Tissue.LUMEN_FLUID,
+        Tissue.BOWEL_GAS,
+        Tissue.PANCREAS,
+        Tissue.KIDNEY_CORTEX,
+        Tissue.KIDNEY_MEDULLA,
+    }
+)
+#: Labels that count as liver parenchyma for lesion placement (vessels inside the liver included).
+LIVER_TISSUES = (Tissue.LIVER, Tissue.PORTAL_VEIN, Tissue.HEPATIC_VEIN, Tissue.HEPATIC_ARTERY)
+
+
+def paint(
+    shapes: Sequence[Shape], x: np.ndarray, y: np.ndarray, z: np.ndarray, shift: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint shapes in order on a grid given by sorted coordinate vectors (mm).
+
+    Args:
+        shapes: shapes in paint order.
+        x, y, z: 1D sample positions along i, j, k.
+        shift: breathing displacement (mm); each shape follows ``shape.motion`` of it.
+
+    Returns:
+        ``(labels, liver_envelope)``, both ``(len(z), len(y), len(x))``.
+    """
+    labels = np.zeros((z.size, y.size, x.size), np.uint8)
+    envelope = np.zeros(labels.shape, bool)
+    allowed = np.zeros(256, bool)
+    for s in shapes:
+        sh = s.motion * shift
+        x0, x1 = np.searchsorted(x, s.lo[0] + sh[0]), np.searchsorted(x, s.hi[0] + sh[0], "right")
+        y0, y1 = np.searchsorted(y, s.lo[1] + sh[1]), np.searchsorted(y, s.hi[1] + sh[1], "right")
+        z0, z1 = np.searchsorted(z, s.lo[2] + sh[2]), np.searchsorted(z, s.hi[2] + sh[2], "right")
+        if x0 >= x1 or y0 >= y1 or z0 >= z1:
+            continue
+        X = (x[x0:x1] - sh[0]).astype(np.float32)[None, None, :]
+        Y = (y[y0:y1] - sh[1]).astype(np.float32)[None, :, None]
+        Z = (z[z0:z1] - sh[2]).astype(np.float32)[:, None, None]
+        sub = labels[z0:z1, y0:y1, x0:x1]
+        mask = np.broadcast_to(s.inside(X, Y, Z), sub.shape)
+        if s.where is not None:
+            allowed[:] = False
+            allowed[list(s.where)] = True
+            mask = mask & allowed[sub]
+        sub[mask] = s.label
+        if s.liver_envelope:
+            envelope[z0:z1, y0:y1, x0:x1][mask] = s.liver_envelope > 0
+    return labels, envelope
+
+
 @dataclass
 class Anatomy:
     """One patient's organs in paint order, plus what lesion placement and breathing need."""
@@ -293,10 +348,21 @@ class Anatomy:
     cirrhotic: bool
     fatty: bool
     hilum: np.ndarray
+    cavity: Cylinder
+    keep_out: list[tuple[float, float, float]]  # vertical structures (x, y, radius) a grown liver avoids
     notes: dict[str, float] = field(default_factory=dict)
 
     def liver_inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         return union_inside(self.liver_parts)(x, y, z)
+
+    def grow_liver(self, part: Ellipsoid) -> None:
+        """Add a part to the liver (a large tumour enlarges the liver around it) and repaint it."""
+        self.liver_parts.append(part)
+        n = next(i for i, s in enumerate(self.shapes) if s.label == Tissue.LIVER and s.liver_envelope == 1)
+        old = self.shapes[n]
+        lo, hi = union_bbox(self.liver_parts)
+        self.shapes[n] = Shape(old.label, lo, hi, union_inside(self.liver_parts), old.motion, old.where, 1)  # type: ignore[arg-type]
+        self.z_range = (min(self.z_range[0], lo[2]), max(self.z_range[1], hi[2]))
 
     def add_bile_ducts(self, p0: np.ndarray, p1: np.ndarray, r: np.ndarray) -> None:
         """Dilated ducts (e.g. upstream of a cholangiocarcinoma): fluid tubes painted inside the liver."""
@@ -548,7 +614,7 @@ def build_anatomy(rng: np.random.Generator, *, cirrhotic: bool, fatty: bool) -> 
         lbox,
         liver_fn,
         1.0,
-        {T.VISCERAL_FAT, T.SPLEEN, T.STOMACH_WALL, T.LUMEN_FLUID, T.BOWEL_GAS, T.PANCREAS, T.KIDNEY_CORTEX},
+        LIVER_OVERPAINTS,
         env=1,
     )
 
@@ -692,5 +758,7 @@ def build_anatomy(rng: np.random.Generator, *, cirrhotic: bool, fatty: bool) -> 
         cirrhotic=cirrhotic,
         fatty=fatty,
         hilum=hilum,
+        cavity=cavity,
+        keep_out=[(ao_x, ao_y, ao_r), (ivc_x, ivc_y, max(ivc_a, ivc_b)), (0.0, yv, vr * 1.1 + 45.0)],
         notes={"body_width_mm": 2 * a_body, "body_ap_mm": 2 * b_body},
     )

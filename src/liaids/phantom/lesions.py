@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from liaids.codes import PHASES
-from liaids.phantom.anatomy import Anatomy, Ellipsoid
+from liaids.phantom.anatomy import LIVER_TISSUES, Anatomy, Ellipsoid, paint, union_bbox
 from liaids.phantom.enhancement import Attenuation
 from liaids.phantom.labels import Tissue
 
@@ -303,51 +303,126 @@ def render_lesion(
     return alpha, hu, peri
 
 
+_GROW_ABOVE_MM = 60.0  # lesions larger than this enlarge the liver around them
+
+
+def _liver_depth(anatomy: Anatomy, step: float) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Distance (mm) to the nearest non-parenchyma voxel of the *painted* liver, on a coarse grid."""
+    lo, hi = union_bbox(anatomy.liver_parts)
+    axes = tuple(np.arange(lo[i] - step, hi[i] + 2 * step, step) for i in range(3))
+    labels, envelope = paint(anatomy.shapes, axes[0], axes[1], axes[2], np.zeros(3))
+    parenchyma = envelope & np.isin(labels, LIVER_TISSUES)
+    return ndimage.distance_transform_edt(parenchyma) * step, axes
+
+
+def _clear_of(anatomy: Anatomy, centre: np.ndarray, reach: float) -> bool:
+    """A liver grown by ``reach`` around ``centre`` stays inside the cavity and off the big vessels/spine."""
+    if any(np.hypot(centre[0] - x, centre[1] - y) < reach + r + 5.0 for x, y, r in anatomy.keep_out):
+        return False
+    cav = anatomy.cavity
+    rho = float(cav.normalised_radius(np.float32(centre[0]), np.float32(centre[1])))
+    return rho * min(cav.a, cav.b) + reach + 5.0 < min(cav.a, cav.b)
+
+
 def place_lesions(
     rng: np.random.Generator,
     anatomy: Anatomy,
     wanted: list[tuple[str, float]],
     att: Attenuation,
 ) -> list[LesionSpec]:
-    """Place lesions inside the liver, largest first, without overlap; shrink one that cannot fit.
+    """Place lesions inside the painted liver parenchyma, largest first, without overlap.
+
+    A lesion over 6 cm enlarges the liver around itself where that keeps the liver off the spine, aorta,
+    IVC and body wall (as big tumours do); every lesion must then fit wholly inside liver parenchyma
+    (no overlap with the IVC, gallbladder, kidney or bone), and one that cannot is shrunk.
 
     Args:
         rng: random generator.
-        anatomy: the patient (its liver parts give the interior distance map).
+        anatomy: the patient; its liver may be grown.
         wanted: (type, diameter mm) per lesion.
         att: attenuation table for the lesions' intensities.
+
+    Returns:
+        The placed lesions, ids in the order of ``wanted`` (a lesion that cannot be placed is dropped).
     """
     if not wanted:
         return []
-    from liaids.phantom.anatomy import union_bbox
-
     step = 3.0
-    lo, hi = union_bbox(anatomy.liver_parts)
-    gx, gy, gz = (np.arange(lo[i], hi[i] + step, step) for i in range(3))
-    inside = anatomy.liver_inside(gx[None, None, :], gy[None, :, None], gz[:, None, None])
-    depth = ndimage.distance_transform_edt(inside) * step
     order = sorted(range(len(wanted)), key=lambda i: -wanted[i][1])
-    placed: list[tuple[np.ndarray, float]] = []
     specs: dict[int, LesionSpec] = {}
     for idx in order:
         lesion_type, diameter = wanted[idx]
-        r = diameter / 2.0
-        for _attempt in range(6):
-            ok = depth >= max(r * 0.8, 4.0)
-            cand = np.argwhere(ok)
-            if len(cand) == 0:
-                r = max(1.5, float(depth.max()) * 0.8)
+        if diameter <= _GROW_ABOVE_MM:
+            break
+        for _try in range(40):
+            c = np.array([rng.uniform(*_span(p)) for p in zip(*union_bbox(anatomy.liver_parts), strict=True)])
+            if not anatomy.liver_inside(*(np.float32([[[v]]]) for v in c)).item():
                 continue
-            chosen = None
-            for k in rng.permutation(len(cand))[:200]:
-                kz, ky, kx = cand[k]
-                c = np.array([gx[kx], gy[ky], gz[kz]]) + rng.uniform(-step / 2, step / 2, 3)
-                if all(np.linalg.norm(c - pc) > (r + pr) * 1.05 + 2 for pc, pr in placed):
-                    chosen = c
-                    break
-            if chosen is not None:
-                placed.append((chosen, r))
-                specs[idx] = make_lesion(rng, idx + 1, lesion_type, chosen, 2 * r, att)
+            spec = make_lesion(rng, idx + 1, lesion_type, c, diameter, att)
+            reach = spec.shape.extent * 1.12 + 6.0
+            if _clear_of(anatomy, c, reach) and all(
+                np.linalg.norm(c - o.shape.centre) > reach + o.shape.extent for o in specs.values()
+            ):
+                anatomy.grow_liver(Ellipsoid(c, spec.shape.axes * 1.12 + 6.0, spec.shape.rotation))
+                specs[idx] = spec
                 break
-            r *= 0.75
-    return [specs[i] for i in sorted(specs)]
+    depth, (gx, gy, gz) = _liver_depth(anatomy, step)
+    placed: list[LesionSpec] = []
+    for idx in order:
+        lesion_type, diameter = wanted[idx]
+        spec = specs.pop(idx, None)
+        for _attempt in range(12):
+            if spec is None:
+                spec = make_lesion(rng, idx + 1, lesion_type, np.zeros(3), diameter, att)
+            need = spec.shape.extent + step / 2
+            c = spec.shape.centre
+            fits_here = diameter > _GROW_ABOVE_MM and _depth_at(depth, gx, gy, gz, c) >= need
+            if not fits_here:
+                cand = np.argwhere(depth >= need)
+                c = None
+                for k in rng.permutation(len(cand))[:300]:
+                    kz, ky, kx = cand[k]
+                    trial = np.array([gx[kx], gy[ky], gz[kz]])
+                    if all(
+                        np.linalg.norm(trial - o.shape.centre) > need + o.shape.extent + 2 for o in placed
+                    ):
+                        c = trial
+                        break
+            if c is not None and all(
+                np.linalg.norm(c - o.shape.centre) > need + o.shape.extent + 2
+                for o in placed
+                if o is not spec
+            ):
+                spec = _moved(spec, c)
+                placed.append(spec)
+                break
+            diameter *= 0.8
+            spec = None
+    placed.sort(key=lambda sp: sp.lesion_id)
+    return placed
+
+
+def _span(bounds: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = bounds
+    return lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo)
+
+
+def _depth_at(depth: np.ndarray, gx: np.ndarray, gy: np.ndarray, gz: np.ndarray, c: np.ndarray) -> float:
+    idx = [
+        int(np.clip(np.searchsorted(g, v), 0, len(g) - 1)) for g, v in ((gz, c[2]), (gy, c[1]), (gx, c[0]))
+    ]
+    return float(depth[idx[0], idx[1], idx[2]])
+
+
+def _moved(spec: LesionSpec, centre: np.ndarray) -> LesionSpec:
+    sh = spec.shape
+    shape = Ellipsoid(
+        np.asarray(centre, float),
+        sh.axes,
+        sh.rotation,
+        sh.wave_dirs,
+        sh.wave_freq,
+        sh.wave_amp,
+        sh.wave_phase,
+    )
+    return LesionSpec(spec.lesion_id, spec.lesion_type, shape, spec.variant, spec.hu, spec.pattern)

@@ -31,7 +31,10 @@ def tissue_means(case: PhantomCase) -> dict[str, dict[str, float]]:
     for name, tissue in REPORTED_TISSUES.items():
         out[name] = {}
         for p in PHASES:
-            mask = ndimage.binary_erosion(case.anatomy[p].array == tissue, structure)
+            # The anatomy map has no lesion label: leave lesion voxels out of the liver.
+            mask = ndimage.binary_erosion(case.anatomy[p].array == tissue, structure) & (
+                case.lesions[p].array == 0
+            )
             vals = case.study[p].array[mask]
             out[name][p] = float(vals.mean()) if vals.size else float("nan")
     return out
@@ -53,6 +56,36 @@ def lesion_features(case: PhantomCase) -> list[dict[str, Any]]:
             if p == "PV":
                 row["volume_ml"] = float(mask.sum() * np.prod(case.lesions[p].spacing) / 1000.0)
         row["clinical"] = case.plan.clinical.encode()
+        rows.append(row)
+    return rows
+
+
+def lesion_roi_means(case: PhantomCase, min_diameter_mm: float = 10.0) -> list[dict[str, Any]]:
+    """Per lesion of at least ``min_diameter_mm``: mean HU in a radiologist-style ROI per phase.
+
+    The ROI is the lesion's cross-section on its largest slice, shrunk in-plane by a quarter of its radius,
+    so that the partial-volume edge is left out (NaN where the lesion is absent or the ROI is empty).
+    """
+    rows = []
+    for spec in case.lesion_specs:
+        if spec.diameter_mm < min_diameter_mm:
+            continue
+        row: dict[str, Any] = {
+            "type": spec.lesion_type,
+            "variant": spec.variant,
+            "diameter_mm": spec.diameter_mm,
+        }
+        for p in PHASES:
+            mask = case.lesions[p].array == spec.lesion_id
+            row[p] = float("nan")
+            if not mask.any():
+                continue
+            k = int(np.argmax(mask.sum(axis=(1, 2))))
+            section = mask[k]
+            radius_px = np.sqrt(section.sum() / np.pi)
+            roi = ndimage.binary_erosion(section, iterations=max(1, round(radius_px / 4)))
+            if roi.sum() >= 3:
+                row[p] = float(case.study[p].array[k][roi].mean())
         rows.append(row)
     return rows
 

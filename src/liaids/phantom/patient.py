@@ -20,7 +20,7 @@ from liaids.phantom.profiles import Profile
 _ASSOCIATIONS: dict[
     str, tuple[float, float, float | None, float | None, float | None, float | None, float | None]
 ] = {
-    "HCC": (56, 0.72, 0.45, 0.08, 0.35, None, None),
+    "HCC": (56, 0.72, 0.6, 0.08, 0.35, None, None),
     "ICC": (60, 0.55, 0.18, 0.05, 0.1, 0.2, None),
     "HM": (59, 0.55, None, None, None, None, 0.55),
     "FNH": (38, 0.3, None, None, None, None, None),

@@ -8,6 +8,7 @@ three external centres shaped like the paper's external cohorts (``zzh``, ``qzh`
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -57,8 +58,15 @@ class Profile:
         """Build and validate a profile from a parsed JSON/YAML mapping.
 
         Raises:
-            ProfileError: on a missing or unknown field, or a value out of range.
+            ProfileError: on a missing or unknown field, a value of the wrong type, or out of range.
         """
+        try:
+            return cls._from_dict(data, source)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ProfileError(f"invalid profile value ({exc})", source) from exc
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], source: str | Path | None) -> Profile:
         if not isinstance(data, dict):
             raise ProfileError("a profile must be a mapping of field names to values", source)
         names = [f.name for f in fields(cls)]
@@ -69,6 +77,12 @@ class Profile:
         if missing:
             raise ProfileError(f"missing profile field(s) {missing}", source)
         values = dict(data)
+        if not isinstance(values["name"], str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", values["name"]):
+            raise ProfileError(
+                "name must be 1-64 letters, digits, '_' or '-' (it names case folders)", source
+            )
+        if not isinstance(values["description"], str):
+            raise ProfileError("description must be text", source)
         for name in ("mas_range", "pixel_spacing_mm", "kernel_blur_px", "scan_margin_mm"):
             pair = values[name]
             if not (isinstance(pair, list | tuple) and len(pair) == 2 and pair[0] <= pair[1]):

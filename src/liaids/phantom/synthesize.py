@@ -5,10 +5,11 @@ Rendering, per phase:
 1. organ labels are painted at half the in-plane resolution on ``n_sub`` sub-slices per slice (partial
    volume along z), with the organs shifted by that phase's breathing displacement;
 2. labels become HU through the patient's attenuation table (plus liver and spleen texture), sub-slices
-   are averaged, correlated noise is added (noise ~ 1/sqrt(mAs x thickness), scaled by body size), and
-   the image is upsampled to 512 x 512 (which gives the background about one pixel of kernel blur);
-3. lesions are rendered at full resolution with their own sub-slices, blurred with the profile's kernel
-   and composited, with their own noise.
+   are averaged and the image is upsampled to 512 x 512 (about 0.7 pixel of blur);
+3. lesions are rendered at full resolution on finer sub-slices (their partial volume is exact to about
+   0.7 mm), blurred to the background's resolution and composited;
+4. the profile's reconstruction kernel blurs the whole image, and one correlated noise field
+   (SD ~ 1/sqrt(mAs x thickness), scaled by body size) is added everywhere.
 
 The output geometry is the canonical one of :mod:`liaids.types`: identity direction, ``k`` superior.
 """
@@ -23,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from liaids.codes import PHASES
-from liaids.phantom.anatomy import Anatomy, build_anatomy
+from liaids.phantom.anatomy import Anatomy, build_anatomy, paint
 from liaids.phantom.enhancement import Attenuation, sample_attenuation
 from liaids.phantom.labels import N_TISSUES, Tissue
 from liaids.phantom.lesions import LesionSpec, place_lesions, render_lesion
@@ -42,6 +43,8 @@ _MODELS = {
 }
 # Bilinear 2x upsampling (align_corners=False) scales white-noise std by 0.75^2 + 0.25^2 per axis.
 _UPSAMPLE_NOISE_STD = 0.625
+# Gaussian sigma (pixels) equivalent to rendering at half resolution and upsampling bilinearly.
+_BACKGROUND_BLUR_PX = 0.7
 
 
 @dataclass
@@ -131,33 +134,6 @@ class _Grid:
         return (z[:, None] + offsets[None, :]).reshape(-1)
 
 
-def _paint_labels(anat: Anatomy, grid: _Grid, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    xh, yh, zs = grid.xh, grid.yh, grid.sub_z()
-    labels = np.zeros((zs.size, yh.size, xh.size), np.uint8)
-    envelope = np.zeros(labels.shape, bool)
-    allowed = np.zeros(256, bool)
-    for s in anat.shapes:
-        sh = s.motion * shift
-        x0, x1 = _index_range(xh, s.lo[0] + sh[0], s.hi[0] + sh[0])
-        y0, y1 = _index_range(yh, s.lo[1] + sh[1], s.hi[1] + sh[1])
-        z0, z1 = _index_range(zs, s.lo[2] + sh[2], s.hi[2] + sh[2])
-        if x0 >= x1 or y0 >= y1 or z0 >= z1:
-            continue
-        X = (xh[x0:x1] - sh[0]).astype(np.float32)[None, None, :]
-        Y = (yh[y0:y1] - sh[1]).astype(np.float32)[None, :, None]
-        Z = (zs[z0:z1] - sh[2]).astype(np.float32)[:, None, None]
-        sub = labels[z0:z1, y0:y1, x0:x1]
-        mask = np.broadcast_to(s.inside(X, Y, Z), sub.shape)
-        if s.where is not None:
-            allowed[:] = False
-            allowed[list(s.where)] = True
-            mask = mask & allowed[sub]
-        sub[mask] = s.label
-        if s.liver_envelope:
-            envelope[z0:z1, y0:y1, x0:x1][mask] = s.liver_envelope > 0
-    return labels, envelope
-
-
 def _render_phase(
     rng: np.random.Generator,
     anat: Anatomy,
@@ -171,7 +147,7 @@ def _render_phase(
     textures: dict[str, dict],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     nz, ns = grid.z.size, grid.n_sub
-    labels, envelope = _paint_labels(anat, grid, shift)
+    labels, envelope = paint(anat.shapes, grid.xh, grid.yh, grid.sub_z(), shift)
     lut = att.table[phase].astype(np.float32)
     hu = lut[labels]
     zs = grid.sub_z()
@@ -184,9 +160,8 @@ def _render_phase(
             hu[sel] = _apply_texture(
                 hu[sel], tex, grid.xh[kx] - shift[0], grid.yh[ky] - shift[1], zs[kz] - shift[2]
             )
-    half = hu.reshape(nz, ns, *hu.shape[1:]).mean(axis=1)
-    half += rng.standard_normal(half.shape, dtype=np.float32) * np.float32(noise_sd / _UPSAMPLE_NOISE_STD)
-    image = _upsample2(half)
+    image = _upsample2(hu.reshape(nz, ns, *hu.shape[1:]).mean(axis=1))
+    # n_sub is odd, so the middle sub-slice lies at the slice centre.
     anatomy = labels.reshape(nz, ns, *labels.shape[1:])[:, ns // 2]
     anatomy = np.repeat(np.repeat(anatomy, 2, axis=1), 2, axis=2)
 
@@ -208,14 +183,19 @@ def _render_phase(
 
     lesion_map = np.zeros(image.shape, np.uint8)
     for spec in lesions:
-        _composite_lesion(rng, spec, phase, grid, shift, image, liver, lesion_map, noise_sd, kernel_px)
+        _composite_lesion(spec, phase, grid, shift, image, liver, lesion_map)
     liver[lesion_map > 0] = 1
+    # One reconstruction kernel and one noise field for the whole image, lesions included.
+    extra = math.sqrt(max(kernel_px**2 - _BACKGROUND_BLUR_PX**2, 0.0))
+    if extra > 0.2:
+        image = ndimage.gaussian_filter(image, (0, extra, extra), truncate=3.0)
+    noise = rng.standard_normal((nz, *hu.shape[1:]), dtype=np.float32)
+    image += _upsample2(noise) * np.float32(noise_sd / _UPSAMPLE_NOISE_STD)
     image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
     return image, liver, lesion_map, anatomy
 
 
 def _composite_lesion(
-    rng: np.random.Generator,
     spec: LesionSpec,
     phase: str,
     grid: _Grid,
@@ -223,11 +203,9 @@ def _composite_lesion(
     image: np.ndarray,
     liver: np.ndarray,
     lesion_map: np.ndarray,
-    noise_sd: float,
-    kernel_px: float,
 ) -> None:
     c = spec.shape.centre + shift
-    reach = spec.shape.extent * (2.3 if spec.lesion_type == "HA" else 1.0) + 3.0
+    reach = spec.shape.extent * (1.8 if spec.lesion_type == "HA" else 1.0) + 3.0
     x0, x1 = _index_range(grid.x, c[0] - reach, c[0] + reach)
     y0, y1 = _index_range(grid.y, c[1] - reach, c[1] + reach)
     half_t = grid.thickness / 2
@@ -235,25 +213,30 @@ def _composite_lesion(
     if x0 >= x1 or y0 >= y1 or z0 >= z1:
         return
     nzp = z1 - z0
+    # Lesions are small: sample their slab finely so a 3 mm lesion in a 7 mm slice gets its true share.
+    n_fine = max(grid.n_sub, math.ceil(grid.thickness / 0.7))
+    offsets = grid.thickness * ((np.arange(n_fine) + 0.5) / n_fine - 0.5)
     X = (grid.x[x0:x1] - shift[0]).astype(np.float32)[None, None, :]
     Y = (grid.y[y0:y1] - shift[1]).astype(np.float32)[None, :, None]
-    Z = (grid.sub_z(grid.z[z0:z1]) - shift[2]).astype(np.float32)[:, None, None]
+    Z = ((grid.z[z0:z1, None] + offsets[None, :]).reshape(-1) - shift[2]).astype(np.float32)[:, None, None]
     alpha, hu, peri = render_lesion(spec, X, Y, Z, phase)
-    shape = (nzp, grid.n_sub, y1 - y0, x1 - x0)
+    shape = (nzp, n_fine, y1 - y0, x1 - x0)
     alpha = alpha.reshape(shape)
     a_mean = alpha.mean(axis=1)
     weighted = (alpha * hu.reshape(shape)).mean(axis=1)
     peri_mean = ((1.0 - alpha) * peri.reshape(shape)).mean(axis=1)
-    sigma = (0, kernel_px, kernel_px)
+    # Match the background's resolution (rendered at half resolution, then upsampled).
+    sigma = (0, _BACKGROUND_BLUR_PX, _BACKGROUND_BLUR_PX)
     a_blur = ndimage.gaussian_filter(a_mean, sigma)
     w_blur = ndimage.gaussian_filter(weighted, sigma)
-    noise_half = rng.standard_normal((nzp, (y1 - y0 + 3) // 2, (x1 - x0 + 3) // 2), dtype=np.float32)
-    noise = _upsample2(noise_half)[:, : y1 - y0, : x1 - x0] * np.float32(noise_sd / _UPSAMPLE_NOISE_STD)
     region = image[z0:z1, y0:y1, x0:x1]
     liver_patch = liver[z0:z1, y0:y1, x0:x1]
-    region[...] = region * (1 - a_blur) + w_blur + a_blur * noise + peri_mean * liver_patch
-    mask = a_mean >= 0.5
-    lesion_map[z0:z1, y0:y1, x0:x1][mask] = spec.lesion_id
+    region[...] = region * (1 - a_blur) + w_blur + peri_mean * liver_patch
+    # A lesion thinner than the slice never fills half a voxel: label it where it is most visible.
+    peak = float(a_mean.max())
+    threshold = 0.5 if peak >= 0.5 else 0.5 * peak
+    if peak >= 0.15:
+        lesion_map[z0:z1, y0:y1, x0:x1][a_mean >= threshold] = spec.lesion_id
 
 
 def synthesize_case(profile: Profile, seed: int, index: int, case_id: str | None = None) -> PhantomCase:
@@ -296,7 +279,7 @@ def synthesize_case(profile: Profile, seed: int, index: int, case_id: str | None
     table_dy = rng.uniform(-15, 15)
     x = (np.arange(MATRIX) - (MATRIX - 1) / 2) * pixel
     y = (np.arange(MATRIX) - (MATRIX - 1) / 2) * pixel + table_dy
-    n_sub = max(1, min(3, math.ceil(thickness / 2.5)))
+    n_sub = 1 if thickness <= 2.5 else 3  # odd: the middle sub-slice is the slice centre
     noise_sd = float(np.clip(379.5 / math.sqrt(mas * thickness) * (body_w / 320.0), 6.0, 35.0))
     z_lo, z_hi = anat.z_range
     margin_inf, margin_sup = rng.uniform(*profile.scan_margin_mm, 2)
