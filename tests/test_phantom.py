@@ -201,3 +201,16 @@ def test_clinical_fields_follow_the_diagnosis_but_weakly() -> None:
     assert abs(no_lesion - prof.no_lesion_fraction) < 0.05
     counts = Counter(t for pl in plans for t, _ in pl.lesions)
     assert counts["HC"] > counts["FNH"]
+
+
+def test_very_large_lesions_enlarge_the_liver_and_stay_inside_it() -> None:
+    from liaids.phantom.anatomy import build_anatomy
+    from liaids.phantom.lesions import place_lesions
+
+    sizes = []
+    for seed in (0, 1, 5):
+        rng = np.random.default_rng(seed)
+        anatomy = build_anatomy(rng, cirrhotic=False, fatty=False)
+        att = sample_attenuation(rng, kvp=120, dose_sd=0.1, timing_sd=0.3, fatty=False, cirrhotic=False)
+        sizes += [s.diameter_mm for s in place_lesions(rng, anatomy, [("HA", 115.0)], att)]
+    assert max(sizes) > 100

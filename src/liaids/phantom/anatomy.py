@@ -759,6 +759,6 @@ def build_anatomy(rng: np.random.Generator, *, cirrhotic: bool, fatty: bool) -> 
         fatty=fatty,
         hilum=hilum,
         cavity=cavity,
-        keep_out=[(ao_x, ao_y, ao_r), (ivc_x, ivc_y, max(ivc_a, ivc_b)), (0.0, yv, vr * 1.1 + 45.0)],
+        keep_out=[(ao_x, ao_y, ao_r), (ivc_x, ivc_y, max(ivc_a, ivc_b)), (0.0, yv, vr * 1.1 + 4.0)],
         notes={"body_width_mm": 2 * a_body, "body_ap_mm": 2 * b_body},
     )

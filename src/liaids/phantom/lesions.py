@@ -306,22 +306,24 @@ def render_lesion(
 _GROW_ABOVE_MM = 60.0  # lesions larger than this enlarge the liver around them
 
 
-def _liver_depth(anatomy: Anatomy, step: float) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Distance (mm) to the nearest non-parenchyma voxel of the *painted* liver, on a coarse grid."""
+def _liver_depth(anatomy: Anatomy, step: float) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """Distance (mm) to the nearest non-parenchyma voxel of the *painted* liver, the parenchyma mask, and
+    the coarse grid's axes."""
     lo, hi = union_bbox(anatomy.liver_parts)
     axes = tuple(np.arange(lo[i] - step, hi[i] + 2 * step, step) for i in range(3))
     labels, envelope = paint(anatomy.shapes, axes[0], axes[1], axes[2], np.zeros(3))
     parenchyma = envelope & np.isin(labels, LIVER_TISSUES)
-    return ndimage.distance_transform_edt(parenchyma) * step, axes
+    return ndimage.distance_transform_edt(parenchyma) * step, parenchyma, axes
 
 
 def _clear_of(anatomy: Anatomy, centre: np.ndarray, reach: float) -> bool:
-    """A liver grown by ``reach`` around ``centre`` stays inside the cavity and off the big vessels/spine."""
-    if any(np.hypot(centre[0] - x, centre[1] - y) < reach + r + 5.0 for x, y, r in anatomy.keep_out):
+    """A cylinder of ``reach`` around ``centre`` stays in the body cavity, off the spine, aorta and IVC."""
+    if any(np.hypot(centre[0] - x, centre[1] - y) < reach + r for x, y, r in anatomy.keep_out):
         return False
-    cav = anatomy.cavity
-    rho = float(cav.normalised_radius(np.float32(centre[0]), np.float32(centre[1])))
-    return rho * min(cav.a, cav.b) + reach + 5.0 < min(cav.a, cav.b)
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    xs = (centre[0] + reach * np.cos(angles)).astype(np.float32)
+    ys = (centre[1] + reach * np.sin(angles)).astype(np.float32)
+    return bool((anatomy.cavity.normalised_radius(xs, ys) < 0.98).all())
 
 
 def place_lesions(
@@ -359,14 +361,25 @@ def place_lesions(
             if not anatomy.liver_inside(*(np.float32([[[v]]]) for v in c)).item():
                 continue
             spec = make_lesion(rng, idx + 1, lesion_type, c, diameter, att)
-            reach = spec.shape.extent * 1.12 + 6.0
+            # Big tumours grow most along the body axis: longest axis craniocaudal, slight tilt.
+            sh = spec.shape
+            axes = np.sort(sh.axes)
+            axes[:2] = axes[2] * rng.uniform(0.55, 0.8, 2)
+            tilted = Ellipsoid(
+                c, axes, _tilt(rng, 15.0), sh.wave_dirs, sh.wave_freq, sh.wave_amp, sh.wave_phase
+            )
+            spec = LesionSpec(spec.lesion_id, lesion_type, tilted, spec.variant, spec.hu, spec.pattern)
+            gain = 1.0 + float(sh.wave_amp.sum()) + 0.02
+            reach = float(axes[1]) * gain + 5.0  # in-plane
             if _clear_of(anatomy, c, reach) and all(
-                np.linalg.norm(c - o.shape.centre) > reach + o.shape.extent for o in specs.values()
+                np.linalg.norm(c - o.shape.centre) > tilted.extent + o.shape.extent + 5
+                for o in specs.values()
             ):
-                anatomy.grow_liver(Ellipsoid(c, spec.shape.axes * 1.12 + 6.0, spec.shape.rotation))
+                # A rim of parenchyma around the tumour (gain covers the lobulation).
+                anatomy.grow_liver(Ellipsoid(c, axes * gain + 5.0, tilted.rotation))
                 specs[idx] = spec
                 break
-    depth, (gx, gy, gz) = _liver_depth(anatomy, step)
+    depth, parenchyma, (gx, gy, gz) = _liver_depth(anatomy, step)
     placed: list[LesionSpec] = []
     for idx in order:
         lesion_type, diameter = wanted[idx]
@@ -376,7 +389,8 @@ def place_lesions(
                 spec = make_lesion(rng, idx + 1, lesion_type, np.zeros(3), diameter, att)
             need = spec.shape.extent + step / 2
             c = spec.shape.centre
-            fits_here = diameter > _GROW_ABOVE_MM and _depth_at(depth, gx, gy, gz, c) >= need
+            grid = (gx, gy, gz)
+            fits_here = diameter > _GROW_ABOVE_MM and _inside_parenchyma(spec.shape, parenchyma, grid)
             if not fits_here:
                 cand = np.argwhere(depth >= need)
                 c = None
@@ -402,16 +416,37 @@ def place_lesions(
     return placed
 
 
+def _tilt(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    ax, ay = np.deg2rad(rng.uniform(-max_deg, max_deg, 2))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    return ry @ rx
+
+
 def _span(bounds: tuple[float, float]) -> tuple[float, float]:
     lo, hi = bounds
     return lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo)
 
 
-def _depth_at(depth: np.ndarray, gx: np.ndarray, gy: np.ndarray, gz: np.ndarray, c: np.ndarray) -> float:
-    idx = [
-        int(np.clip(np.searchsorted(g, v), 0, len(g) - 1)) for g, v in ((gz, c[2]), (gy, c[1]), (gx, c[0]))
-    ]
-    return float(depth[idx[0], idx[1], idx[2]])
+def _inside_parenchyma(shape: Ellipsoid, parenchyma: np.ndarray, axes: tuple[np.ndarray, ...]) -> bool:
+    """Every coarse-grid point inside the lesion (grown by one grid step) lies in liver parenchyma."""
+    gx, gy, gz = axes
+    step = float(gx[1] - gx[0])
+    grown = Ellipsoid(
+        shape.centre,
+        shape.axes + step,
+        shape.rotation,
+        shape.wave_dirs,
+        shape.wave_freq,
+        shape.wave_amp,
+        shape.wave_phase,
+    )
+    inside = grown.inside(
+        gx[None, None, :].astype(np.float32),
+        gy[None, :, None].astype(np.float32),
+        gz[:, None, None].astype(np.float32),
+    )
+    return bool(inside.any() and parenchyma[inside].all())
 
 
 def _moved(spec: LesionSpec, centre: np.ndarray) -> LesionSpec:
