@@ -18,6 +18,8 @@ demo: $(STAMP)
 	@echo "Demo study (DICOM, three series): demo_output/phantom/internal_0000/dicom"
 	@echo "Preview of the three phases with lesion contours: demo_output/phantom/internal_0000/preview.png"
 	$(BIN)/liaids inspect demo_output/phantom/internal_0000/dicom
+	$(BIN)/liaids segment demo_output/phantom/internal_0000/dicom/series_004 -o demo_output/liver_PV.nii.gz
+	@echo "Liver (1) and lesion (2) label map of the portal venous series: demo_output/liver_PV.nii.gz"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

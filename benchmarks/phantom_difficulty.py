@@ -12,11 +12,11 @@ Run: .venv/bin/python benchmarks/phantom_difficulty.py --train 300 --test-per-ce
 from __future__ import annotations
 
 import argparse
-import json
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from sklearn.pipeline import make_pipeline
@@ -85,11 +85,7 @@ def main() -> None:
             "confusion_matrix_rows_true_cols_pred": confusion_matrix(ty, pred, labels=range(7)).tolist(),
             "labels": list(LESION_TYPES),
         }
-    text = json.dumps(out, indent=1)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    emit(out, a.out)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ Run: .venv/bin/python benchmarks/phantom_realism.py --cases 100 --profile intern
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 from liaids.codes import LESION_TYPES, PHASES
 from liaids.phantom.measure import lesion_features, lesion_roi_means, liver_centroid_shifts, tissue_means
@@ -94,11 +94,7 @@ def main() -> None:
         summary[f"mean_liver_{key}_mm"] = {
             pair: round(float(np.mean([r[key][pair] for r in results])), 2) for pair in results[0][key]
         }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    emit(summary, a.out)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ Run: .venv/bin/python benchmarks/phantom_speed.py --cases 5
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from _report import emit
 
 from liaids.phantom.cohort import write_phantom_case
 from liaids.phantom.profiles import load_profile
@@ -49,7 +50,7 @@ def main() -> None:
         "write_nifti_s_median": round(statistics.median(write), 2) if write else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    print(json.dumps(out, indent=1))
+    emit(out, None)
 
 
 if __name__ == "__main__":

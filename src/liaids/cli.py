@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 dataset_app = typer.Typer(no_args_is_help=True, help="Work with datasets in the LiAIDS format.")
 app.add_typer(dataset_app, name="dataset")
+train_app = typer.Typer(no_args_is_help=True, help="Train the networks on a dataset in the LiAIDS format.")
+app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 
 
@@ -93,6 +95,56 @@ def _describe(vol: object) -> dict:
         "hu_max": float(vol.array.max()),
         "meta": {k: v for k, v in vol.meta.items() if isinstance(v, str | int | float | type(None))},
     }
+
+
+@app.command()
+def segment(
+    input_path: Annotated[
+        Path, typer.Argument(metavar="INPUT", help="CT volume: NIfTI file or DICOM series folder.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output NIfTI label map (1 liver, 2 lesion).")],
+    weights: Annotated[
+        Path | None, typer.Option(help="Model folder (default: the shipped small model).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Segment the liver and its lesions in one CT volume; the label map keeps the input's geometry."""
+    from liaids.segmentation.predictor import segment as segment_api
+
+    print(segment_api(input_path, out, weights, device))
+
+
+@train_app.command("segment")
+def train_segment(
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
+    profile: Annotated[str, typer.Option(help="small (CPU) or paper (GPU).")] = "small",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's epochs.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the profile's steps per epoch.")] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Train the liver segmentation network (hybrid 2D/3D U-Net)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from liaids.train.segmentation import train_segmentation
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("training", total=1.0)
+        train_segmentation(
+            data,
+            out,
+            profile,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            seed=seed,
+            resume=resume,
+            device=device,
+            progress=lambda msg, frac: bar.update(task, description=msg, completed=frac),
+        )
+    print(out)
 
 
 @dataset_app.command("validate")

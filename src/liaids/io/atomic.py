@@ -103,3 +103,29 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
         encoding: text encoding.
     """
     atomic_write_bytes(path, text.encode(encoding))
+
+
+@contextlib.contextmanager
+def atomic_output_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffixes) that replaces ``path`` only on success.
+
+    For writers that need a file name (such as NIfTI writers choosing compression from ``.nii.gz``).
+
+    Raises:
+        LiaidsError: the folder cannot be created.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LiaidsError(f"cannot create the output folder ({exc.strerror or exc})", path.parent) from exc
+    suffix = "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -111,6 +111,8 @@ def make_lesion(
     shape = Ellipsoid.random(rng, centre, axes, rotate_deg=90, bumps=lobulation, freq=(1.5, 3.0))
     hu: dict[str, dict[str, float]] = {p: {} for p in PHASES}
     pattern: dict[str, Any] = {"texture": _texture(rng, 0.0)}
+    # Rims and capsules are a few mm thick but never most of a small lesion: a 6 mm metastasis is a
+    # hypodense focus, not a ring.
     variant = "typical"
     if lesion_type == "HC":
         v = _u(rng, 0, 15)
@@ -150,7 +152,7 @@ def make_lesion(
         hu["NC"].update(core=fluid, rim=_u(rng, 35, 45))
         hu["ART"].update(core=fluid + _u(rng, 0, 5), rim=liver["ART"] + _u(rng, 10, 35))
         hu["PV"].update(core=fluid + _u(rng, 0, 8), rim=liver["PV"] + _u(rng, -10, 8))
-        pattern["rim_mm"] = _u(rng, 2.5, 5.0)
+        pattern["rim_mm"] = min(_u(rng, 2.5, 5.0), 0.25 * r)
         n_septa = int(rng.integers(4, 7)) if rng.random() < 0.4 else int(rng.integers(0, 3))
         normals = rng.normal(size=(n_septa, 3))
         pattern["septa"] = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-6)
@@ -175,7 +177,7 @@ def make_lesion(
         hu["NC"]["capsule"] = hu["NC"]["core"]
         hu["ART"]["capsule"] = hu["ART"]["core"]
         hu["PV"]["capsule"] = liver["PV"] + _u(rng, 8, 25)
-        pattern["capsule_mm"] = _u(rng, 1.2, 2.5) if rng.random() < 0.8 else 0.0
+        pattern["capsule_mm"] = min(_u(rng, 1.2, 2.5), 0.15 * r) if rng.random() < 0.8 else 0.0
         pattern["texture"] = _texture(rng, _u(rng, 8, 18), freq=(3.0, 7.0))
         if diameter > 40 and rng.random() < 0.6:
             pattern["necrosis"] = _u(rng, 0.25, 0.5)
@@ -186,7 +188,7 @@ def make_lesion(
         hu["NC"].update(core=nc, rim=nc)
         hu["ART"].update(core=nc + _u(rng, 5, 15), rim=liver["ART"] + _u(rng, 10, 35))
         hu["PV"].update(core=nc + _u(rng, 30, 50), rim=liver["PV"] - _u(rng, 0, 15))
-        pattern["rim_mm"] = _u(rng, 2.0, 4.5)
+        pattern["rim_mm"] = min(_u(rng, 2.0, 4.5), 0.25 * r)
         pattern["rim_texture"] = _texture(rng, 0.35, freq=(4.0, 8.0))
     elif lesion_type == "HM":
         nc = liver["NC"] - _u(rng, 12, 24)
@@ -204,7 +206,7 @@ def make_lesion(
             hu["NC"].update(core=nc, rim=nc + _u(rng, 0, 6))
             hu["ART"].update(core=nc + _u(rng, 4, 15), rim=liver["ART"] + _u(rng, -5, 20))
             hu["PV"].update(core=liver["PV"] - _u(rng, 40, 65), rim=liver["PV"] - _u(rng, -5, 15))
-            pattern["rim_mm"] = _u(rng, 1.5, 4.0)
+            pattern["rim_mm"] = min(_u(rng, 1.5, 4.0), 0.2 * r)
         pattern["texture"] = _texture(rng, 4.0)
     else:  # pragma: no cover - the type list is closed
         raise ValueError(f"unknown lesion type {lesion_type!r}")

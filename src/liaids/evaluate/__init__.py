@@ -1,0 +1,1 @@
+"""Metrics and evaluation: segmentation (and, later, detection, classification, patients)."""

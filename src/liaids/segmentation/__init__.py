@@ -1,0 +1,1 @@
+"""Liver segmentation stage: preprocessing, the trained model, inference and post-processing."""

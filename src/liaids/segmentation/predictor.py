@@ -1,0 +1,144 @@
+"""Liver and lesion segmentation of one CT volume with a trained hybrid U-Net."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from scipy import ndimage
+
+from liaids.networks.liver_unet import HybridUNet, UNetConfig
+from liaids.segmentation.model_store import ModelLoadError, builtin_model_dir, load_model_files
+from liaids.segmentation.preprocessing import SegmentationPlan, from_model_grid, to_model_grid
+from liaids.types import Volume
+
+MODEL_KIND = "liver-segmentation"
+DEFAULT_MODEL = "liver_small"
+LIVER, LESION = 1, 2
+
+
+@dataclass
+class LiverSegmenter:
+    """A loaded segmentation model and its preprocessing plan.
+
+    Example::
+
+        seg = LiverSegmenter.load()          # the shipped ``small`` model
+        labels = seg.segment(read_volume("ct.nii.gz"))  # 1 liver, 2 lesion, input geometry
+    """
+
+    network: HybridUNet
+    plan: SegmentationPlan
+    config: dict[str, Any]
+    device: torch.device
+
+    @classmethod
+    def load(cls, folder: str | Path | None = None, device: str = "cpu") -> LiverSegmenter:
+        """Load a model folder (default: the shipped ``small`` weights).
+
+        Raises:
+            ModelLoadError: missing, truncated or foreign model files.
+        """
+        path = Path(folder) if folder is not None else builtin_model_dir(DEFAULT_MODEL)
+        state, config = load_model_files(path, MODEL_KIND)
+        net_cfg = config["network"]
+        network = HybridUNet(UNetConfig(**{**net_cfg, "channels": tuple(net_cfg["channels"])}))
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelLoadError(
+                f"weights do not fit the configured network ({exc})".splitlines()[0], path
+            ) from exc
+        plan = SegmentationPlan.from_dict(config["plan"])
+        if plan.divisor % network.divisor:
+            raise ModelLoadError(
+                f"plan divisor {plan.divisor} does not suit the network ({network.divisor})", path
+            )
+        dev = torch.device(device)
+        network.to(dev).eval()
+        return cls(network, plan, config, dev)
+
+    @torch.no_grad()
+    def probabilities(self, canonical: Volume) -> np.ndarray:
+        """Liver and lesion probabilities ``(2, K, J, I)`` on a canonical volume's own grid."""
+        image, mapping = to_model_grid(canonical, self.plan)
+        slab = self.network.config.slab
+        depth = image.shape[1]
+        if depth < slab:  # a short scan: pad along z with air
+            image = torch.nn.functional.pad(image, (0, 0, 0, 0, 0, slab - depth), value=-1.0)
+        roi = (slab, image.shape[2], image.shape[3])
+        logits = sliding_window_inference(
+            image[None].to(self.device),
+            roi,
+            sw_batch_size=16,
+            predictor=self.network,
+            overlap=0.25,
+            mode="gaussian",
+        )[0]
+        probs = torch.sigmoid(logits[:, :depth].float().cpu())
+        return from_model_grid(probs, mapping).numpy()
+
+    def segment(self, volume: Volume) -> Volume:
+        """Label map in the input's geometry: 0 background, 1 liver, 2 lesion.
+
+        The liver is the largest connected component above probability 0.5 (holes filled slice by slice);
+        lesions are kept only inside it.
+        """
+        canonical = volume.to_canonical()
+        probs = self.probabilities(canonical)
+        liver = largest_component(probs[0] >= 0.5)
+        liver = fill_holes_per_slice(liver)
+        lesion = (probs[1] >= 0.5) & liver
+        labels = np.zeros(canonical.shape, np.uint8)
+        labels[liver] = LIVER
+        labels[lesion] = LESION
+        return volume.with_array(volume.from_canonical(labels), kind="liver-segmentation")
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected component of a boolean mask."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """Fill enclosed holes in each axial slice (vessels and lesions belong to the liver mask)."""
+    out = mask.copy()
+    for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
+        out[k] = ndimage.binary_fill_holes(mask[k])
+    return out
+
+
+def segment(
+    input_path: str | Path, output_path: str | Path, weights: str | Path | None = None, device: str = "cpu"
+) -> Path:
+    """Segment one CT volume (NIfTI file or DICOM series folder) and write a NIfTI label map.
+
+    This is the Python form of ``liaids segment INPUT -o OUT``.
+
+    Args:
+        input_path: the CT volume.
+        output_path: where to write the label map (1 liver, 2 lesion), in the input's geometry.
+        weights: a model folder; default the shipped ``small`` model.
+        device: ``cpu`` or ``cuda``.
+
+    Returns:
+        ``output_path``.
+    """
+    from liaids.io import read_volume, write_nifti
+    from liaids.io.atomic import atomic_output_file
+
+    volume = read_volume(input_path)
+    labels = LiverSegmenter.load(weights, device).segment(volume)
+    out = Path(output_path)
+    with atomic_output_file(out) as tmp:
+        write_nifti(labels, tmp)
+    return out

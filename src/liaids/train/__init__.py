@@ -1,0 +1,1 @@
+"""Training loops, one module per network; each writes a self-describing model folder."""
