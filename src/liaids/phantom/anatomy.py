@@ -10,7 +10,7 @@ patients rather than being one template rescaled.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -94,15 +94,7 @@ class Ellipsoid:
         )
 
     def scaled(self, factor: float) -> Ellipsoid:
-        return Ellipsoid(
-            self.centre,
-            self.axes * factor,
-            self.rotation,
-            self.wave_dirs,
-            self.wave_freq,
-            self.wave_amp,
-            self.wave_phase,
-        )
+        return replace(self, axes=self.axes * factor)
 
     @property
     def extent(self) -> float:
@@ -560,9 +552,7 @@ def build_anatomy(rng: np.random.Generator, *, cirrhotic: bool, fatty: bool) -> 
     st_c = (ac * u(0.2, 0.4), -bc * u(0.25, 0.45), -u(35, 60))
     st = Ellipsoid.random(rng, st_c, (u(35, 50), u(30, 45), u(45, 60)), rotate_deg=20, bumps=0.04)
     add(T.STOMACH_WALL, st.bbox(), st.inside, 0.7, {T.VISCERAL_FAT})
-    lumen = Ellipsoid(
-        st.centre, st.axes - 5, st.rotation, st.wave_dirs, st.wave_freq, st.wave_amp, st.wave_phase
-    )
+    lumen = replace(st, axes=st.axes - 5)
     add(T.LUMEN_FLUID, lumen.bbox(), lumen.inside, 0.7, {T.STOMACH_WALL})
     if rng.random() < 0.7:
         level = st_c[1] - u(0.0, 0.6) * st.axes[1]

@@ -12,7 +12,7 @@ and blood values so that contrast dose and timing act on lesions as on organs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -367,10 +367,8 @@ def place_lesions(
             sh = spec.shape
             axes = np.sort(sh.axes)
             axes[:2] = axes[2] * rng.uniform(0.55, 0.8, 2)
-            tilted = Ellipsoid(
-                c, axes, _tilt(rng, 15.0), sh.wave_dirs, sh.wave_freq, sh.wave_amp, sh.wave_phase
-            )
-            spec = LesionSpec(spec.lesion_id, lesion_type, tilted, spec.variant, spec.hu, spec.pattern)
+            tilted = replace(sh, axes=axes, rotation=_tilt(rng, 15.0))
+            spec = replace(spec, shape=tilted)
             gain = 1.0 + float(sh.wave_amp.sum()) + 0.02
             reach = float(axes[1]) * gain + 5.0  # in-plane
             if _clear_of(anatomy, c, reach) and all(
@@ -434,15 +432,7 @@ def _inside_parenchyma(shape: Ellipsoid, parenchyma: np.ndarray, axes: tuple[np.
     """Every coarse-grid point inside the lesion (grown by one grid step) lies in liver parenchyma."""
     gx, gy, gz = axes
     step = float(gx[1] - gx[0])
-    grown = Ellipsoid(
-        shape.centre,
-        shape.axes + step,
-        shape.rotation,
-        shape.wave_dirs,
-        shape.wave_freq,
-        shape.wave_amp,
-        shape.wave_phase,
-    )
+    grown = replace(shape, axes=shape.axes + step)
     inside = grown.inside(
         gx[None, None, :].astype(np.float32),
         gy[None, :, None].astype(np.float32),
@@ -452,14 +442,4 @@ def _inside_parenchyma(shape: Ellipsoid, parenchyma: np.ndarray, axes: tuple[np.
 
 
 def _moved(spec: LesionSpec, centre: np.ndarray) -> LesionSpec:
-    sh = spec.shape
-    shape = Ellipsoid(
-        np.asarray(centre, float),
-        sh.axes,
-        sh.rotation,
-        sh.wave_dirs,
-        sh.wave_freq,
-        sh.wave_amp,
-        sh.wave_phase,
-    )
-    return LesionSpec(spec.lesion_id, spec.lesion_type, shape, spec.variant, spec.hu, spec.pattern)
+    return replace(spec, shape=replace(spec.shape, centre=np.asarray(centre, float)))
