@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -114,6 +115,77 @@ def segment(
     print(segment_api(input_path, out, weights, device))
 
 
+@app.command()
+def detect(
+    input_path: Annotated[
+        Path, typer.Argument(metavar="INPUT", help="CT volume: NIfTI file or DICOM series folder.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSON file (liaids.detections).")],
+    liver: Annotated[
+        Path | None, typer.Option(help="Liver mask in the CT's geometry (default: segment it).")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Detector model folder (default: the shipped small 3D CSWin).")
+    ] = None,
+    liver_weights: Annotated[
+        Path | None, typer.Option(help="Segmentation model folder used without --liver.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Detect focal liver lesions in one CT volume: 3D boxes (bbox_ijk, half-open voxel indices), scores."""
+    from liaids.detection.predictor import detect as detect_api
+
+    print(detect_api(input_path, out, liver, weights, liver_weights, device))
+
+
+def _run_with_progress(job: Callable[[Callable[[str, float], None]], object]) -> None:
+    """Run a training job under a rich progress bar fed by its ``progress(message, fraction)`` callback."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("training", total=1.0)
+        job(lambda msg, frac: bar.update(task, description=msg, completed=frac))
+
+
+@train_app.command("detect")
+def train_detect(
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
+    backbone: Annotated[str, typer.Option(help="cswin3d (the paper's) or cnn2d (the ablation).")] = "cswin3d",
+    profile: Annotated[str, typer.Option(help="small (CPU) or paper (GPU).")] = "small",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's epochs.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the profile's steps per epoch.")] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    cache: Annotated[
+        Path | None, typer.Option(help="Grid cache folder to share between runs (default OUT/cache).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes that build the cache.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Train the lesion detector (Faster R-CNN with a 3D CSWin or 2D CNN backbone)."""
+    from liaids.train.detection import train_detection
+
+    _run_with_progress(
+        lambda progress: train_detection(
+            data,
+            out,
+            backbone,
+            profile,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            seed=seed,
+            resume=resume,
+            cache=cache,
+            workers=workers,
+            device=device,
+            progress=progress,
+        )
+    )
+    print(out)
+
+
 @train_app.command("segment")
 def train_segment(
     data: Annotated[Path, typer.Option(help="Dataset folder.")],
@@ -126,14 +198,10 @@ def train_segment(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Train the liver segmentation network (hybrid 2D/3D U-Net)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from liaids.train.segmentation import train_segmentation
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("training", total=1.0)
-        train_segmentation(
+    _run_with_progress(
+        lambda progress: train_segmentation(
             data,
             out,
             profile,
@@ -142,8 +210,9 @@ def train_segment(
             seed=seed,
             resume=resume,
             device=device,
-            progress=lambda msg, frac: bar.update(task, description=msg, completed=frac),
+            progress=progress,
         )
+    )
     print(out)
 
 

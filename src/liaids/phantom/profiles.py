@@ -1,8 +1,9 @@
 """Centre profiles: how one hospital's scanners, protocols and patients look to the phantom.
 
 A profile is a JSON or YAML file; every field is documented in ``docs/phantom-profiles.md``. Built-in
-profiles live in ``profiles/`` beside this module: ``internal`` (the training mix of many centres) and
-three external centres shaped like the paper's external cohorts (``zzh``, ``qzh``, ``nbh``).
+profiles live in ``profiles/`` beside this module: ``internal`` (the training mix of many centres),
+``internal_balanced`` (the same centres with every lesion type equally likely, for training the lesion
+models) and three external centres shaped like the paper's external cohorts (``zzh``, ``qzh``, ``nbh``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from liaids.codes import LESION_TYPES
 from liaids.errors import ProfileError
 
-BUILTIN_PROFILES: tuple[str, ...] = ("internal", "zzh", "qzh", "nbh")
+BUILTIN_PROFILES: tuple[str, ...] = ("internal", "internal_balanced", "zzh", "qzh", "nbh")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,113 @@
+"""2D slice detections -> 3D lesions (the authors' rule), and the liver filter.
+
+Boxes on the same slice or up to ``max_gap`` slices apart are joined (union-find) when their
+intersection over the smaller box's area reaches ``min_iom``; a 3D lesion is the union of its 2D boxes and
+scores the mean of their scores. Lesions whose box holds no liver voxel are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """The 2D-to-3D rule; defaults from the authors' post-processing.
+
+    Args:
+        max_gap: join boxes at most this many slices apart.
+        min_iom: join when intersection / smaller area >= this.
+        min_score_2d: 2D boxes below this score are ignored.
+        min_score_3d: 3D lesions whose aggregated score is below this are dropped.
+        score: ``mean`` (the authors') or ``max`` of the member scores.
+    """
+
+    max_gap: int = 3
+    min_iom: float = 0.5
+    min_score_2d: float = 0.05
+    min_score_3d: float = 0.2
+    score: str = "mean"
+
+
+@dataclass(frozen=True)
+class Lesion3D:
+    """A merged lesion: half-open box ``[k0, j0, i0, k1, j1, i1]`` on the grid it was found on, its score
+    and the number of 2D boxes behind it."""
+
+    box_kji: np.ndarray
+    score: float
+    n_boxes: int
+
+
+def _find(parent: list[int], a: int) -> int:
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+def iom_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over the smaller area for boxes ``[x0, y0, x1, y1]``: ``(N, M)``."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    smaller = np.minimum(area_a[:, None], area_b[None, :])
+    return inter / np.maximum(smaller, 1e-9)
+
+
+def merge_slices(
+    slice_indices: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    settings: MergeSettings = MergeSettings(),
+) -> list[Lesion3D]:
+    """Merge 2D detections into 3D lesions.
+
+    Args:
+        slice_indices: ``(N,)`` slice ``k`` of each 2D box.
+        boxes: ``(N, 4)`` boxes ``[x0, y0, x1, y1]`` (x = column ``i``, y = row ``j``), pixels of the grid.
+        scores: ``(N,)`` detection scores.
+        settings: the merging rule.
+
+    Returns:
+        3D lesions sorted by descending score.
+    """
+    keep = scores >= settings.min_score_2d
+    ks, bx, sc = np.asarray(slice_indices)[keep], np.asarray(boxes, float)[keep], np.asarray(scores)[keep]
+    n = len(sc)
+    if n == 0:
+        return []
+    parent = list(range(n))
+    iom = iom_2d(bx, bx)
+    near = np.abs(ks[:, None] - ks[None, :]) <= settings.max_gap
+    a_idx, b_idx = np.nonzero(np.triu(near & (iom >= settings.min_iom), k=1))
+    for a, b in zip(a_idx.tolist(), b_idx.tolist(), strict=True):
+        ra, rb = _find(parent, a), _find(parent, b)
+        if ra != rb:
+            parent[rb] = ra
+    groups: dict[int, list[int]] = {}
+    for m in range(n):
+        groups.setdefault(_find(parent, m), []).append(m)
+    lesions = []
+    for members in groups.values():
+        idx = np.asarray(members)
+        member_scores = sc[idx]
+        score = float(member_scores.mean() if settings.score == "mean" else member_scores.max())
+        if score < settings.min_score_3d:
+            continue
+        k0, k1 = int(ks[idx].min()), int(ks[idx].max()) + 1
+        x0, y0 = np.floor(bx[idx, 0].min()), np.floor(bx[idx, 1].min())
+        x1, y1 = np.ceil(bx[idx, 2].max()), np.ceil(bx[idx, 3].max())
+        box = np.array([k0, y0, x0, k1, max(y1, y0 + 1), max(x1, x0 + 1)], dtype=int)
+        lesions.append(Lesion3D(box, score, len(idx)))
+    return sorted(lesions, key=lambda les: -les.score)
+
+
+def touches_liver(box_kji: np.ndarray, liver: np.ndarray) -> bool:
+    """True when the half-open box ``[k0, j0, i0, k1, j1, i1]`` holds at least one liver voxel."""
+    k0, j0, i0, k1, j1, i1 = (int(v) for v in box_kji)
+    return bool(liver[max(k0, 0) : k1, max(j0, 0) : j1, max(i0, 0) : i1].any())

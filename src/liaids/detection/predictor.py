@@ -1,0 +1,215 @@
+"""Lesion detection on one CT volume with a trained detector.
+
+Steps: canonical orientation -> crop to the liver (plus margin) and resample to the detection grid ->
+2D detection on every grid slice with its ``2n+1``-slice slab -> 2D-to-3D merging -> lesions with no
+liver voxel dropped -> boxes mapped back to the input's own voxel indices.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.models.detection import FasterRCNN
+
+from liaids.detection.merge import MergeSettings, merge_slices, touches_liver
+from liaids.detection.preprocessing import (
+    DetectionPlan,
+    canonical_box_to_stored,
+    slab_indices,
+    to_detection_grid,
+)
+from liaids.networks.lesion_detector import DetectorConfig, build_detector
+from liaids.segmentation.model_store import ModelLoadError, builtin_model_dir, load_model_files, sha256
+from liaids.types import Volume
+
+MODEL_KIND = "lesion-detection"
+DEFAULT_MODEL = "detector_cswin3d_small"
+SCHEMA_VERSION = "1.0"
+NOT_FOR_CLINICAL_USE = "Not for clinical use: research software, not validated on real patients."
+
+
+@dataclass(frozen=True)
+class DetectedLesion:
+    """One 3D lesion candidate.
+
+    Args:
+        bbox_ijk: ``[i0, j0, k0, i1, j1, k1]``, half-open voxel indices of the input volume as stored.
+        score: detection confidence in [0, 1] (mean of the 2D scores behind it).
+        n_boxes: number of 2D slice detections merged into it.
+    """
+
+    bbox_ijk: list[int]
+    score: float
+    n_boxes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bbox_ijk": self.bbox_ijk, "score": round(self.score, 4), "n_boxes": self.n_boxes}
+
+
+@torch.no_grad()
+def detect_slices(
+    network: FasterRCNN, grid: np.ndarray, context: int, batch: int = 8, device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the 2D detector on every slice of a uint8 grid volume.
+
+    Args:
+        network: detector in eval mode.
+        grid: ``(K, J, I)`` uint8 image on the detection grid.
+        context: ``n`` slices on each side.
+        batch: slabs per forward pass.
+        device: where the network lives.
+
+    Returns:
+        ``(slice_indices, boxes [N, 4] as x0, y0, x1, y1, scores)``.
+    """
+    depth = grid.shape[0]
+    image = torch.from_numpy(grid)
+    ks, boxes, scores = [], [], []
+    for first in range(0, depth, batch):
+        group = list(range(first, min(first + batch, depth)))
+        slabs = [image[slab_indices(k, depth, context)].float().div_(255.0) for k in group]
+        if device is not None:
+            slabs = [s.to(device) for s in slabs]
+        for k, out in zip(group, network(slabs), strict=True):
+            n = len(out["scores"])
+            if n:
+                ks.append(np.full(n, k))
+                boxes.append(out["boxes"].cpu().numpy())
+                scores.append(out["scores"].cpu().numpy())
+    if not ks:
+        return np.zeros(0, int), np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(ks), np.concatenate(boxes), np.concatenate(scores)
+
+
+@dataclass
+class LesionDetector:
+    """A loaded detector with its plan and merge rule.
+
+    Example::
+
+        det = LesionDetector.load()                     # shipped small 3D CSWin model
+        lesions = det.detect(ct_volume, liver_volume)   # list of DetectedLesion
+    """
+
+    network: FasterRCNN
+    config: DetectorConfig
+    plan: DetectionPlan
+    merge: MergeSettings
+    device: torch.device
+    source: dict[str, Any]
+
+    @classmethod
+    def load(cls, folder: str | Path | None = None, device: str = "cpu") -> LesionDetector:
+        """Load a detector model folder (default: the shipped ``small`` 3D CSWin model).
+
+        Raises:
+            ModelLoadError: missing, truncated or foreign model files.
+        """
+        path = Path(folder) if folder is not None else builtin_model_dir(DEFAULT_MODEL)
+        state, config = load_model_files(path, MODEL_KIND)
+        try:
+            det_cfg = DetectorConfig.from_dict(config["network"])
+            network = build_detector(det_cfg)
+            network.load_state_dict(state)
+            plan = DetectionPlan.from_dict(config["plan"])
+            merge = MergeSettings(**config.get("merge", {}))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"model does not fit its configuration ({exc})".splitlines()[0], path
+            ) from exc
+        dev = torch.device(device)
+        network.to(dev).eval()
+        source = {"folder": str(path), "sha256": sha256(path / "model.pt"), "backbone": det_cfg.backbone}
+        return cls(network, det_cfg, plan, merge, dev, source)
+
+    def detect(self, volume: Volume, liver: Volume | np.ndarray) -> list[DetectedLesion]:
+        """Detect lesions in one CT volume.
+
+        Args:
+            volume: CT in HU.
+            liver: liver mask in the volume's geometry (a label map: anything > 0 is liver, so a
+                segmentation with lesion label 2 works as it is).
+
+        Returns:
+            lesions sorted by descending score, boxes in the volume's own voxel indices.
+        """
+        liver_array = liver.array if isinstance(liver, Volume) else np.asarray(liver)
+        if liver_array.shape != volume.shape:
+            raise ValueError(f"liver mask shape {liver_array.shape} differs from the CT's {volume.shape}")
+        canonical = volume.to_canonical()
+        liver_canonical = volume.with_array(liver_array > 0).to_canonical().array
+        if not liver_canonical.any():
+            return []
+        grid, crop, _ = to_detection_grid(canonical, self.plan, liver_canonical)
+        ks, boxes, scores = detect_slices(self.network, grid, self.config.context, device=self.device)
+        lesions = []
+        for found in merge_slices(ks, boxes, scores, self.merge):
+            box = crop.grid_to_canonical_box(found.box_kji)
+            if not touches_liver(box, liver_canonical):
+                continue
+            lesions.append(DetectedLesion(canonical_box_to_stored(volume, box), found.score, found.n_boxes))
+        return lesions
+
+
+def detect(
+    input_path: str | Path,
+    output_path: str | Path,
+    liver_path: str | Path | None = None,
+    weights: str | Path | None = None,
+    liver_weights: str | Path | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Detect lesions in one CT volume and write them as JSON (``liaids detect INPUT -o OUT.json``).
+
+    Args:
+        input_path: NIfTI file or DICOM series folder.
+        output_path: JSON file to write (schema ``liaids.detections`` version 1.0, see the README).
+        liver_path: liver mask (NIfTI, same geometry); segmented with the liver model when None.
+        weights: detector model folder; default the shipped ``small`` 3D CSWin model.
+        liver_weights: segmentation model folder used when no mask is given.
+        device: ``cpu`` or ``cuda``.
+
+    Returns:
+        ``output_path``.
+    """
+    from liaids.errors import LiaidsError
+    from liaids.io import read_volume
+    from liaids.io.atomic import atomic_write_text
+
+    volume = read_volume(input_path)
+    detector = LesionDetector.load(weights, device)
+    if liver_path is not None:
+        liver = read_volume(liver_path)
+        if not liver.same_geometry(volume, tol=1e-2):
+            raise LiaidsError(f"liver mask geometry differs from the CT {Path(input_path).name}", liver_path)
+        liver_source: dict[str, Any] = {"mask": str(liver_path)}
+    else:
+        from liaids.segmentation.predictor import LiverSegmenter
+
+        segmenter = LiverSegmenter.load(liver_weights, device)
+        liver = segmenter.segment(volume)
+        liver_source = {"segmented_with": segmenter.config.get("profile"), "mask": None}
+    lesions = detector.detect(volume, liver)
+    report = {
+        "schema": "liaids.detections",
+        "version": SCHEMA_VERSION,
+        "notice": NOT_FOR_CLINICAL_USE,
+        "input": {
+            "path": str(input_path),
+            "shape_ijk": list(reversed(volume.shape)),
+            "spacing_mm": list(volume.spacing),
+            "origin_mm": list(volume.origin),
+            "direction": list(volume.direction),
+        },
+        "liver": liver_source,
+        "detector": detector.source,
+        "lesions": [{"id": n + 1, **les.to_dict()} for n, les in enumerate(lesions)],
+    }
+    out = Path(output_path)
+    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+    return out

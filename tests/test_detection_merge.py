@@ -1,0 +1,120 @@
+"""2D-to-3D merging, the liver filter and the mapping between grid, canonical and stored voxels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from liaids.detection.merge import MergeSettings, iom_2d, merge_slices, touches_liver
+from liaids.detection.preprocessing import (
+    DetectionPlan,
+    GridCrop,
+    canonical_box_to_stored,
+    liver_crop,
+    slab_indices,
+    slice_boxes,
+    to_detection_grid,
+)
+from liaids.types import Volume
+
+
+def test_iom_is_intersection_over_smaller_area() -> None:
+    big = np.array([[0, 0, 10, 10]], float)
+    inner = np.array([[2, 2, 4, 4]], float)
+    half = np.array([[5, 0, 15, 10]], float)
+    assert iom_2d(big, inner)[0, 0] == 1.0
+    assert iom_2d(big, half)[0, 0] == 0.5
+
+
+def test_merge_joins_boxes_on_nearby_slices_and_keeps_separate_lesions_apart() -> None:
+    # Lesion A on slices 3-6 (slice 5 missed: a gap of 2 slices is bridged), lesion B far away on slice 4.
+    ks = np.array([3, 4, 6, 4, 20])
+    boxes = np.array(
+        [[10, 10, 20, 20], [11, 9, 21, 19], [12, 12, 18, 18], [50, 50, 60, 60], [10, 10, 20, 20]], float
+    )
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.3])
+    lesions = merge_slices(ks, boxes, scores)
+    assert len(lesions) == 3
+    a = lesions[0]
+    # [k0, j0, i0, k1, j1, i1]: rows are y, columns x.
+    assert a.box_kji.tolist() == [3, 9, 10, 7, 20, 21]
+    assert a.n_boxes == 3 and np.isclose(a.score, 0.8)
+    # Slice 20 is more than 3 slices from the rest: its own lesion.
+    assert {tuple(les.box_kji[[0, 3]]) for les in lesions} == {(3, 7), (4, 5), (20, 21)}
+
+
+def test_merge_thresholds() -> None:
+    ks = np.array([0, 1])
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], float)
+    # Mean score 0.15 is below the 3D threshold 0.2.
+    assert merge_slices(ks, boxes, np.array([0.2, 0.1])) == []
+    # Boxes overlapping less than half of the smaller one are not joined.
+    shifted = np.array([[0, 0, 10, 10], [6, 0, 16, 10]], float)
+    assert len(merge_slices(ks, shifted, np.array([0.9, 0.9]))) == 2
+    # 2D boxes below min_score_2d are ignored; "max" scoring.
+    out = merge_slices(ks, boxes, np.array([0.9, 0.01]), MergeSettings(score="max"))
+    assert len(out) == 1 and out[0].n_boxes == 1 and out[0].score == 0.9
+
+
+def test_touches_liver() -> None:
+    liver = np.zeros((10, 10, 10), bool)
+    liver[5, 5, 5] = True
+    assert touches_liver(np.array([4, 4, 4, 6, 6, 6]), liver)
+    assert not touches_liver(np.array([0, 0, 0, 5, 5, 5]), liver)  # half-open: excludes index 5
+
+
+def test_slice_boxes_and_slab_indices() -> None:
+    labels = np.zeros((20, 30), np.int16)
+    labels[3:7, 10:15] = 2
+    labels[12, 12] = 5  # one pixel: too small
+    assert {k: v.tolist() for k, v in slice_boxes(labels).items()} == {2: [10, 3, 15, 7]}
+    assert slab_indices(0, 10, 2).tolist() == [0, 0, 0, 1, 2]
+    assert slab_indices(9, 10, 2).tolist() == [7, 8, 9, 9, 9]
+
+
+def test_grid_crop_box_round_trip() -> None:
+    # 40 canonical slices of 1.25 mm seen as 20 grid slices of 2.5 mm starting at slice 10.
+    crop = GridCrop(start=(10, 0, 0), size=(40, 100, 100), shape=(20, 50, 50))
+    box = crop.grid_to_canonical_box(np.array([2, 10, 10, 5, 20, 30]))
+    assert box.tolist() == [14, 20, 20, 20, 40, 60]
+
+
+def test_detection_grid_keeps_lesion_boxes_in_place() -> None:
+    array = np.full((30, 64, 64), -100.0, np.float32)
+    labels = np.zeros(array.shape, np.int16)
+    labels[11:17, 20:30, 30:44] = 1  # aligned with the 2:1 grid along z
+    array[labels > 0] = 200.0
+    liver = np.zeros(array.shape, bool)
+    liver[5:25, 10:50, 10:60] = True
+    volume = Volume(array, spacing=(0.8, 0.8, 2.0))
+    plan = DetectionPlan(pixel_mm=1.6, slice_mm=4.0, margin_mm=0.0)
+    assert liver_crop(liver, volume.spacing_kji, plan) == ((5, 10, 10), (20, 40, 50))
+    grid, crop, grid_labels = to_detection_grid(volume, plan, liver, labels)
+    assert grid.shape == crop.shape == (10, 20, 25) and grid.dtype == np.uint8
+    assert grid_labels is not None
+    ks, js, is_ = np.nonzero(grid_labels)
+    found = np.array([ks.min(), js.min(), is_.min(), ks.max() + 1, js.max() + 1, is_.max() + 1])
+    assert crop.grid_to_canonical_box(found).tolist() == [11, 20, 30, 17, 30, 44]
+    # Bright lesion voxels saturate near the top of the window, background sits at (-100 + 210) / 510.
+    assert grid[grid_labels > 0].min() > 190 and abs(int(grid[0, 0, 0]) - round(110 * 255 / 510)) <= 1
+
+
+def test_canonical_box_to_stored_undoes_flips_and_permutations() -> None:
+    rng = np.random.default_rng(0)
+    stored = rng.normal(size=(6, 7, 8)).astype(np.float32)
+    # i runs towards the patient's right and j anterior: both flipped in canonical order.
+    direction = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    volume = Volume(stored, spacing=(0.7, 0.7, 3.0), origin=(10.0, 20.0, -5.0), direction=direction)
+    canonical = volume.to_canonical()
+    mask = np.zeros(canonical.shape, bool)
+    mask[1:3, 2:5, 0:4] = True
+    box = canonical_box_to_stored(volume, np.array([1, 2, 0, 3, 5, 4]))
+    back = volume.from_canonical(mask)
+    ks, js, is_ = np.nonzero(back)
+    assert box == [
+        int(is_.min()),
+        int(js.min()),
+        int(ks.min()),
+        int(is_.max()) + 1,
+        int(js.max()) + 1,
+        int(ks.max()) + 1,
+    ]
