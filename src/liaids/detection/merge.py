@@ -82,13 +82,17 @@ def merge_slices(
     if n == 0:
         return []
     parent = list(range(n))
-    iom = iom_2d(bx, bx)
-    near = np.abs(ks[:, None] - ks[None, :]) <= settings.max_gap
-    a_idx, b_idx = np.nonzero(np.triu(near & (iom >= settings.min_iom), k=1))
-    for a, b in zip(a_idx.tolist(), b_idx.tolist(), strict=True):
-        ra, rb = _find(parent, a), _find(parent, b)
-        if ra != rb:
-            parent[rb] = ra
+    # Compare each slice only with itself and the next max_gap slices (not all pairs of the volume).
+    by_slice: dict[int, np.ndarray] = {int(k): np.flatnonzero(ks == k) for k in np.unique(ks)}
+    for k, here in by_slice.items():
+        there = [by_slice[k2] for k2 in range(k, k + settings.max_gap + 1) if k2 in by_slice]
+        others = np.concatenate(there)
+        close = iom_2d(bx[here], bx[others]) >= settings.min_iom
+        for a_pos, b_pos in zip(*np.nonzero(close), strict=True):
+            a, b = int(here[a_pos]), int(others[b_pos])
+            ra, rb = _find(parent, a), _find(parent, b)
+            if ra != rb:
+                parent[rb] = ra
     groups: dict[int, list[int]] = {}
     for m in range(n):
         groups.setdefault(_find(parent, m), []).append(m)
