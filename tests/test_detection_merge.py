@@ -32,7 +32,7 @@ def test_merge_joins_boxes_on_nearby_slices_and_keeps_separate_lesions_apart() -
         [[10, 10, 20, 20], [11, 9, 21, 19], [12, 12, 18, 18], [50, 50, 60, 60], [10, 10, 20, 20]], float
     )
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.3])
-    lesions = merge_slices(ks, boxes, scores)
+    lesions = merge_slices(ks, boxes, scores, MergeSettings(score="mean", min_score_3d=0.2))
     assert len(lesions) == 3
     a = lesions[0]
     # [k0, j0, i0, k1, j1, i1]: rows are y, columns x.
@@ -45,13 +45,14 @@ def test_merge_joins_boxes_on_nearby_slices_and_keeps_separate_lesions_apart() -
 def test_merge_thresholds() -> None:
     ks = np.array([0, 1])
     boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], float)
-    # Mean score 0.15 is below the 3D threshold 0.2.
-    assert merge_slices(ks, boxes, np.array([0.2, 0.1])) == []
+    # The authors' rule: mean score 0.15 is below the 3D threshold 0.2; the default keeps the maximum.
+    assert merge_slices(ks, boxes, np.array([0.2, 0.1]), MergeSettings(score="mean", min_score_3d=0.2)) == []
+    assert merge_slices(ks, boxes, np.array([0.2, 0.1]))[0].score == 0.2
     # Boxes overlapping less than half of the smaller one are not joined.
     shifted = np.array([[0, 0, 10, 10], [6, 0, 16, 10]], float)
     assert len(merge_slices(ks, shifted, np.array([0.9, 0.9]))) == 2
-    # 2D boxes below min_score_2d are ignored; "max" scoring.
-    out = merge_slices(ks, boxes, np.array([0.9, 0.01]), MergeSettings(score="max"))
+    # 2D boxes below min_score_2d are ignored.
+    out = merge_slices(ks, boxes, np.array([0.9, 0.01]))
     assert len(out) == 1 and out[0].n_boxes == 1 and out[0].score == 0.9
 
 

@@ -138,13 +138,180 @@ def detect(
     print(detect_api(input_path, out, liver, weights, liver_weights, device))
 
 
-def _run_with_progress(job: Callable[[Callable[[str, float], None]], object]) -> None:
+@app.command()
+def diagnose(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="INPUT...",
+            help="A dataset case folder, a folder with the study's DICOM series, or three NIfTI files.",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (absent or empty).")] = Path("."),
+    clinical: Annotated[
+        Path | None, typer.Option(help="JSON file with the clinical fields (or a case.json).")
+    ] = None,
+    age: Annotated[float | None, typer.Option(help="Age in years.")] = None,
+    sex: Annotated[str | None, typer.Option(help="M or F.")] = None,
+    hepatitis_b: Annotated[bool | None, typer.Option("--hepatitis-b/--no-hepatitis-b")] = None,
+    hepatitis_c: Annotated[bool | None, typer.Option("--hepatitis-c/--no-hepatitis-c")] = None,
+    cirrhosis: Annotated[bool | None, typer.Option("--cirrhosis/--no-cirrhosis")] = None,
+    cholangiolithiasis: Annotated[
+        bool | None, typer.Option("--cholangiolithiasis/--no-cholangiolithiasis")
+    ] = None,
+    extrahepatic_tumour: Annotated[
+        bool | None, typer.Option("--extrahepatic-tumour/--no-extrahepatic-tumour")
+    ] = None,
+    missing_history: Annotated[
+        str,
+        typer.Option(help="History fields nobody gave: 'error' (default) or 'absent' (taken as no)."),
+    ] = "error",
+    nc: Annotated[
+        str | None, typer.Option("--nc", help="NC series: folder, SeriesInstanceUID or number.")
+    ] = None,
+    art: Annotated[
+        str | None, typer.Option("--art", help="ART series (overrides the automatic choice).")
+    ] = None,
+    pv: Annotated[
+        str | None, typer.Option("--pv", help="PV series (overrides the automatic choice).")
+    ] = None,
+    weights: Annotated[
+        list[Path] | None, typer.Option(help="Model folder(s) or a bundle folder (default: shipped models).")
+    ] = None,
+    triage_threshold: Annotated[
+        float | None, typer.Option(help="Malignant-probability threshold of the triage (default: stored).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Diagnose one triple-phase CT study: lesions, types, patient decision, triage, report.json/.html."""
+    from liaids.pipeline import diagnose as diagnose_api
+    from liaids.pipeline import parse_clinical_options
+
+    given = parse_clinical_options(
+        clinical,
+        age=age,
+        sex=sex,
+        hepatitis_b=hepatitis_b,
+        hepatitis_c=hepatitis_c,
+        cirrhosis=cirrhosis,
+        cholangiolithiasis=cholangiolithiasis,
+        extrahepatic_tumour=extrahepatic_tumour,
+        missing_history=missing_history,
+    )
+    overrides = {p: v for p, v in (("NC", nc), ("ART", art), ("PV", pv)) if v is not None}
+    source: Path | list[Path] | None = None
+    if inputs:
+        source = inputs[0] if len(inputs) == 1 else list(inputs)
+    _run_with_progress(
+        lambda progress: diagnose_api(
+            source,
+            out,
+            clinical=given,
+            phases_override=overrides or None,
+            weights=list(weights) if weights else None,
+            device=device,
+            triage_threshold=triage_threshold,
+            overwrite=overwrite,
+            progress=progress,
+        ),
+        "diagnosing",
+    )
+    _print_lesion_table(out / "report.json")
+    print(out / "report.html")
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset folder with lesion masks.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (absent or empty).")],
+    weights: Annotated[
+        list[Path] | None, typer.Option(help="Model folder(s) or a bundle folder (default: shipped models).")
+    ] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="Earlier diagnose runs as PRED/CASE_ID/report.json (skips inference).")
+    ] = None,
+    reader_calls: Annotated[Path | None, typer.Option(help="Reader-study calls CSV (see docs).")] = None,
+    reader_truth: Annotated[Path | None, typer.Option(help="Reader-study truth CSV.")] = None,
+    ai_calls: Annotated[Path | None, typer.Option(help="LiAIDS's own patient calls CSV.")] = None,
+    ablation: Annotated[
+        list[str] | None, typer.Option(help="NAME=DIR: a classifier variant or detector to compare (repeat).")
+    ] = None,
+    match_phase: Annotated[
+        str, typer.Option(help="any, NC, ART or PV: where detection hits are judged.")
+    ] = "any",
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    tsne: Annotated[bool, typer.Option(help="t-SNE of the classifier's image features.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Evaluate on a dataset with the paper's statistics: metrics.json, CSVs, plots, report.html."""
+    from liaids.evaluate.suite import EvaluationSettings
+    from liaids.evaluate.suite import evaluate as evaluate_api
+
+    ablations: dict[str, Path] = {}
+    for item in ablation or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise typer.BadParameter(f"expected NAME=DIR, got {item!r}", param_hint="--ablation")
+        ablations[name] = Path(folder)
+    settings = EvaluationSettings(match_phase=match_phase, n_resamples=bootstrap, seed=seed, tsne=tsne)
+    _run_with_progress(
+        lambda progress: evaluate_api(
+            dataset,
+            out,
+            weights=list(weights) if weights else None,
+            predictions=predictions,
+            reader_csv=reader_calls,
+            reader_truth=reader_truth,
+            ai_calls=ai_calls,
+            ablations=ablations or None,
+            device=device,
+            settings=settings,
+            overwrite=overwrite,
+            progress=progress,
+        ),
+        "evaluating",
+    )
+    print(out / "report.html")
+
+
+def _print_lesion_table(report_path: Path) -> None:
+    """The lesions and the patient decision of a report.json, as a table on the terminal."""
+    from rich.table import Table
+
+    report = json.loads(report_path.read_text())
+    table = Table(title=f"Lesions ({report_path.parent})")
+    for column in ("id", "type", "P(type)", "malignant", "diameter mm", "volume ml", "score"):
+        table.add_column(column)
+    for lesion in report.get("lesions", []):
+        probs = lesion.get("probabilities", {})
+        table.add_row(
+            str(lesion.get("id")),
+            str(lesion.get("type")),
+            f"{probs.get(lesion.get('type'), float('nan')):.2f}",
+            f"{lesion.get('malignant_probability', float('nan')):.2f}",
+            f"{lesion.get('diameter_mm', float('nan')):.1f}",
+            f"{lesion.get('volume_ml', float('nan')):.2f}",
+            f"{lesion.get('detection_score', float('nan')):.2f}",
+        )
+    Console().print(table)
+    diagnosis, triage = report.get("diagnosis", {}), report.get("triage", {})
+    decided = f"{diagnosis.get('diagnosis')} ({diagnosis.get('malignancy')})"
+    print(f"diagnosis: {decided}; triage: {triage.get('risk')}")
+    print(report.get("notice", ""))
+
+
+def _run_with_progress(
+    job: Callable[[Callable[[str, float], None]], object], label: str = "training"
+) -> None:
     """Run a training job under a rich progress bar fed by its ``progress(message, fraction)`` callback."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("training", total=1.0)
+        task = bar.add_task(label, total=1.0)
         job(lambda msg, frac: bar.update(task, description=msg, completed=frac))
 
 
@@ -179,6 +346,42 @@ def train_detect(
             resume=resume,
             cache=cache,
             workers=workers,
+            device=device,
+            progress=progress,
+        )
+    )
+    print(out)
+
+
+@train_app.command("classify")
+def train_classify(
+    data: Annotated[Path, typer.Option(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
+    variant: Annotated[
+        str, typer.Option(help="full, image (no clinical), clinical (no image) or concat (no interaction).")
+    ] = "full",
+    profile: Annotated[str, typer.Option(help="small (CPU) or paper (GPU).")] = "small",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's epochs.")] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    cache: Annotated[
+        Path | None, typer.Option(help="Patch cache folder to share between runs (default OUT).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Train the lesion classifier (three-phase DenseNet with phase interaction and clinical fusion)."""
+    from liaids.train.classification import train_classification
+
+    _run_with_progress(
+        lambda progress: train_classification(
+            data,
+            out,
+            variant,
+            profile,
+            epochs=epochs,
+            seed=seed,
+            resume=resume,
+            cache=cache,
             device=device,
             progress=progress,
         )

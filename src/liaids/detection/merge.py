@@ -1,8 +1,15 @@
-"""2D slice detections -> 3D lesions (the authors' rule), and the liver filter.
+"""2D slice detections -> 3D lesions (after the authors' rule), and the liver filter.
 
 Boxes on the same slice or up to ``max_gap`` slices apart are joined (union-find) when their
-intersection over the smaller box's area reaches ``min_iom``; a 3D lesion is the union of its 2D boxes and
-scores the mean of their scores. Lesions whose box holds no liver voxel are dropped.
+intersection over the smaller box's area reaches ``min_iom``; a 3D lesion is the union of its 2D boxes.
+Lesions whose box holds no liver voxel are dropped.
+
+Scoring differs from the authors' post-processing by default: they score a 3D lesion by the *mean* of
+its 2D scores and keep it when that reaches 0.2. On thin grids a lesion's first and last slices carry
+low-score boxes, so the mean punishes exactly the lesions seen on many slices; on the phantom validation
+cases the mean rule kept 0.11 of lesions at 2 false positives per scan where the *maximum* kept 0.71
+(``small`` 2D model, epoch 8). The default is therefore the maximum with a 0.05 floor; the authors'
+rule is ``MergeSettings(score="mean", min_score_3d=0.2)``.
 """
 
 from __future__ import annotations
@@ -21,14 +28,14 @@ class MergeSettings:
         min_iom: join when intersection / smaller area >= this.
         min_score_2d: 2D boxes below this score are ignored.
         min_score_3d: 3D lesions whose aggregated score is below this are dropped.
-        score: ``mean`` (the authors') or ``max`` of the member scores.
+        score: ``max`` (default) or ``mean`` (the authors') of the member scores.
     """
 
     max_gap: int = 3
     min_iom: float = 0.5
     min_score_2d: float = 0.05
-    min_score_3d: float = 0.2
-    score: str = "mean"
+    min_score_3d: float = 0.05
+    score: str = "max"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,137 @@
+"""Patient decision and triage rules: most severe lesion decides, thresholds, validation-cohort choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from liaids.errors import LiaidsError
+from liaids.pipeline.decision import (
+    FALLBACK_TRIAGE_THRESHOLD,
+    LesionCall,
+    TriageSettings,
+    decide,
+    lesion_category,
+    triage_score,
+    triage_settings_from_validation,
+)
+from liaids.pipeline.diagnose import load_triage_settings, save_triage_settings
+
+
+def test_no_lesion_is_low_risk() -> None:
+    d = decide([], 0.2)
+    assert (d.risk, d.malignancy, d.diagnosis, d.deciding_lesion) == ("low", "no lesion", None, None)
+    assert d.diagnosis_name == "no focal liver lesion"
+    assert d.triage_score == 0.0
+
+
+def test_lesion_categories() -> None:
+    assert lesion_category("HCC", 0.05, 0.2) == "malignant"  # a malignant type is never reassuring
+    assert lesion_category("HC", 0.05, 0.2) == "benign"
+    assert lesion_category("HC", 0.2, 0.2) == "indeterminate"  # not *below* the threshold
+    assert lesion_category("FNH", 0.6, 0.7) == "benign"
+
+
+def test_malignant_beats_benign_and_indeterminate() -> None:
+    lesions = [
+        LesionCall(1, "HC", 0.01, 0.99),
+        LesionCall(2, "HH", 0.35, 0.9),
+        LesionCall(3, "HM", 0.55, 0.4),
+    ]
+    d = decide(lesions, 0.1)
+    assert d.deciding_lesion == 3 and d.diagnosis == "HM" and d.malignancy == "malignant"
+    assert d.categories == {1: "benign", 2: "indeterminate", 3: "malignant"}
+    assert d.risk == "high" and "lesion 3" in d.reason and "malignant type" in d.reason
+    assert d.triage_score == 1.0
+
+
+def test_indeterminate_makes_high_risk() -> None:
+    d = decide([LesionCall(1, "HC", 0.02), LesionCall(2, "HH", 0.12)], 0.1)
+    assert (d.risk, d.malignancy, d.deciding_lesion) == ("high", "indeterminate", 2)
+    assert "0.12" in d.reason and "0.10" in d.reason
+
+
+def test_every_lesion_confidently_benign_is_low_risk() -> None:
+    d = decide([LesionCall(2, "HC", 0.02, 0.5), LesionCall(1, "HH", 0.07, 0.9)], 0.1)
+    assert d.risk == "low" and d.malignancy == "benign"
+    # The benign lesion closest to the threshold is reported as deciding.
+    assert d.deciding_lesion == 1 and d.diagnosis == "HH"
+    assert "all 2 lesions" in d.reason
+
+
+def test_ties_break_on_score_then_id() -> None:
+    d = decide(
+        [LesionCall(4, "HCC", 0.8, 0.5), LesionCall(2, "ICC", 0.8, 0.9), LesionCall(3, "ICC", 0.8, 0.9)], 0.1
+    )
+    assert d.deciding_lesion == 2
+
+
+def test_problems_forbid_low_risk() -> None:
+    d = decide([], 0.1, problems=["no liver found in the NC phase"])
+    assert d.risk == "high" and "analysis incomplete" in d.reason and "NC" in d.reason
+    # A decision that is high risk anyway keeps its own reason.
+    d = decide([LesionCall(1, "HCC", 0.9)], 0.1, problems=["x"])
+    assert d.risk == "high" and "analysis incomplete" not in d.reason
+
+
+def test_triage_score_matches_the_rule() -> None:
+    lesions = [LesionCall(1, "HC", 0.04), LesionCall(2, "FNH", 0.09)]
+    assert triage_score(lesions) == pytest.approx(0.09)
+    for threshold in (0.05, 0.09, 0.0901, 0.5):
+        assert (decide(lesions, threshold).risk == "low") == (triage_score(lesions) < threshold)
+    assert triage_score([LesionCall(1, "ICC", 0.2)]) == 1.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan"), True, "0.2"])
+def test_invalid_thresholds(bad: object) -> None:
+    with pytest.raises(LiaidsError, match="triage threshold"):
+        decide([], bad)  # type: ignore[arg-type]
+
+
+def test_duplicate_ids_and_unknown_types_are_refused() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        decide([LesionCall(1, "HC", 0.1), LesionCall(1, "HH", 0.1)], 0.2)
+    with pytest.raises(ValueError, match="unknown lesion type"):
+        LesionCall(1, "CYST", 0.1)
+
+
+def test_threshold_from_a_validation_cohort_reaches_the_target_npv() -> None:
+    # 100 patients: 60 without malignancy spread over low scores, 40 malignant with high scores, one
+    # malignant patient hidden at a low score.
+    scores = [0.0] * 30 + [0.01 * n for n in range(1, 31)] + [0.5 + 0.01 * n for n in range(39)] + [0.15]
+    truth = [False] * 60 + [True] * 40
+    settings = triage_settings_from_validation(scores, truth, target_npv=0.99, cohort="toy")
+    low = [s < settings.threshold for s in scores]
+    n_low = sum(low)
+    bad = sum(1 for is_low, t in zip(low, truth, strict=True) if is_low and t)
+    assert (n_low - bad) / n_low >= 0.99
+    assert settings.details["target_met"] and settings.details["cohort"] == "toy"
+    assert settings.details["n_low_risk"] == n_low
+    assert 0.0 < settings.threshold <= 1.0
+
+
+def test_triage_settings_sources(tmp_path: Path) -> None:
+    fallback = load_triage_settings(tmp_path, {})
+    assert fallback.source == "fallback" and fallback.threshold == FALLBACK_TRIAGE_THRESHOLD
+    user = load_triage_settings(tmp_path, {}, 0.3)
+    assert (user.source, user.threshold) == ("user", 0.3)
+    written = save_triage_settings(tmp_path, TriageSettings(0.27, "x", 0.99, {"cohort": "val"}))
+    assert json.loads(written.read_text())["threshold"] == 0.27
+    from_file = load_triage_settings(tmp_path, {})
+    assert (from_file.source, from_file.threshold, from_file.details["cohort"]) == (
+        "triage.json",
+        0.27,
+        "val",
+    )
+    from_config = load_triage_settings(tmp_path, {"triage": {"threshold": 0.4, "target_npv": 0.98}})
+    assert (from_config.source, from_config.threshold, from_config.target_npv) == (
+        "classifier config",
+        0.4,
+        0.98,
+    )
+    (tmp_path / "triage.json").write_text('{"threshold": 7}')
+    with pytest.raises(LiaidsError, match="triage threshold") as info:
+        load_triage_settings(tmp_path, {})
+    assert str(tmp_path / "triage.json") in str(info.value)
