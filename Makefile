@@ -13,13 +13,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@rm -rf demo_output/phantom
+	@rm -rf demo_output
 	$(BIN)/liaids synth --out demo_output/phantom --cases 1 --seed 7 --format dicom --preview
 	@echo "Demo study (DICOM, three series): demo_output/phantom/internal_0000/dicom"
-	@echo "Preview of the three phases with lesion contours: demo_output/phantom/internal_0000/preview.png"
-	$(BIN)/liaids inspect demo_output/phantom/internal_0000/dicom
-	$(BIN)/liaids segment demo_output/phantom/internal_0000/dicom/series_004 -o demo_output/liver_PV.nii.gz
-	@echo "Liver (1) and lesion (2) label map of the portal venous series: demo_output/liver_PV.nii.gz"
+	$(BIN)/liaids diagnose demo_output/phantom/internal_0000/dicom -o demo_output/diagnosis \
+		--clinical demo_output/phantom/internal_0000/case.json
+	@echo "Report to open in a browser: demo_output/diagnosis/report.html"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -221,6 +221,9 @@ class DiagnosisModels:
     classifier: LesionClassifier
     triage: TriageSettings
     sources: dict[str, dict[str, Any]]
+    #: Matched lesions scoring below this are not reported: the detector's operating point (its config's
+    #: ``operating_point.score``, chosen on validation cases), else every candidate the detector keeps.
+    lesion_threshold: float = 0.0
 
     @classmethod
     def load(
@@ -251,7 +254,11 @@ class DiagnosisModels:
             }
         sources["detector"]["backbone"] = detector.source.get("backbone")
         sources["classifier"]["variant"] = classifier.variant
-        return cls(segmenter, detector, classifier, triage, sources)
+        detector_config = json.loads((folders["detector"] / "config.json").read_text())
+        operating = detector_config.get("operating_point") or {}
+        lesion_threshold = float(operating.get("score", 0.0))
+        sources["detector"]["operating_score"] = lesion_threshold
+        return cls(segmenter, detector, classifier, triage, sources, lesion_threshold)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -499,6 +506,8 @@ def run_diagnosis(
     t0 = time.perf_counter()
     per_phase = {p: [PhaseBox(tuple(d.bbox_ijk), float(d.score)) for d in detections[p]] for p in PHASES}
     matched = match_lesions(per_phase, study.phases, livers)
+    # Candidates below the detector's operating point would turn most patients into false positives.
+    matched = [m for m in matched if m.score >= models.lesion_threshold]
     timings["matching"] = time.perf_counter() - t0
 
     report(f"classifying {len(matched)} lesion(s)", 0.8)

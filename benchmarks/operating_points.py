@@ -1,0 +1,117 @@
+"""Choose the pipeline's two operating points on validation cases (never on the test cohort).
+
+1. Detection: the lowest detection score a matched lesion needs to be reported, chosen to maximise the
+   patient-wise seven-class accuracy (a patient without lesions is class NONE; the most severe lesion
+   decides, malignant before benign).
+2. Triage: with that detection threshold, the largest malignant-probability threshold whose low-risk
+   group reaches NPV >= 0.99 (``liaids.pipeline.decision.triage_settings_from_validation``).
+
+Input: a dataset of validation cases and the diagnose reports of those cases with *every* candidate kept
+(``liaids evaluate VAL -o OUT`` with a detector whose config has no ``operating_point`` writes them to
+``OUT/predictions/CASE/report.json``).
+
+Run:
+  .venv/bin/python benchmarks/operating_points.py --data VAL --predictions OUT/predictions \
+      [--write-detector DIR] [--write-classifier DIR] [--out benchmarks/results/operating_points.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from _report import emit
+
+from liaids.codes import LESION_TYPES, MALIGNANT_TYPES
+from liaids.dataset import Dataset
+from liaids.pipeline.decision import LesionCall, decide, triage_score, triage_settings_from_validation
+
+
+def true_patient_type(lesions: list) -> str:
+    """Most severe true lesion: malignant before benign, then the larger one; NONE without lesions."""
+    if not lesions:
+        return "NONE"
+    worst = max(lesions, key=lambda les: (les.lesion_type in MALIGNANT_TYPES, les.diameter_mm))
+    return worst.lesion_type
+
+
+def predicted(report: dict, detection_threshold: float, triage_threshold: float) -> tuple[str, float]:
+    calls = [
+        LesionCall(
+            int(les["id"]), les["type"], float(les["malignant_probability"]), float(les["detection_score"])
+        )
+        for les in report["lesions"]
+        if les["detection_score"] >= detection_threshold
+    ]
+    decision = decide(calls, triage_threshold)
+    return (decision.diagnosis or "NONE"), triage_score(calls)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--predictions", type=Path, required=True)
+    ap.add_argument("--write-detector", type=Path, default=None)
+    ap.add_argument("--write-classifier", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    ds = Dataset(a.data)
+    truths, reports = [], []
+    for case_id in ds.case_ids:
+        truths.append(true_patient_type(ds.read_info(case_id).lesions))
+        reports.append(json.loads((a.predictions / case_id / "report.json").read_text()))
+    scores = sorted({les["detection_score"] for r in reports for les in r["lesions"]})
+    candidates = [0.0, *scores]
+    table = []
+    for t in candidates:
+        calls = [predicted(r, t, 1.0)[0] for r in reports]
+        accuracy = float(np.mean([c == y for c, y in zip(calls, truths, strict=True)]))
+        binary = float(
+            np.mean(
+                [(c in MALIGNANT_TYPES) == (y in MALIGNANT_TYPES) for c, y in zip(calls, truths, strict=True)]
+            )
+        )
+        table.append(
+            {"detection_threshold": t, "patient_accuracy": accuracy, "patient_binary_accuracy": binary}
+        )
+    best = max(
+        table,
+        key=lambda row: (
+            row["patient_accuracy"],
+            row["patient_binary_accuracy"],
+            -row["detection_threshold"],
+        ),
+    )
+    t_det = best["detection_threshold"]
+    triage_scores = [predicted(r, t_det, 1.0)[1] for r in reports]
+    truth_malignant = [y in MALIGNANT_TYPES for y in truths]
+    triage = triage_settings_from_validation(triage_scores, truth_malignant, cohort=str(a.data))
+    result = {
+        "data": str(a.data),
+        "patients": len(truths),
+        "true_types": {t: truths.count(t) for t in (*LESION_TYPES, "NONE")},
+        "detection_operating_point": best,
+        "triage": triage.to_dict(),
+        "scan": table,
+    }
+    if a.write_detector:
+        path = a.write_detector / "config.json"
+        config = json.loads(path.read_text())
+        config["operating_point"] = {
+            "score": t_det,
+            "rule": "maximise patient-wise seven-class accuracy on validation cases",
+            "chosen_on": str(a.data),
+            "patient_accuracy": best["patient_accuracy"],
+        }
+        path.write_text(json.dumps(config, indent=1) + "\n")
+    if a.write_classifier:
+        from liaids.pipeline.diagnose import save_triage_settings
+
+        save_triage_settings(a.write_classifier, triage)
+    emit(result, a.out, {k: v for k, v in result.items() if k != "scan"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Every shipped model folder loads with weights_only, matches its checksum, and all fit the size budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from liaids.segmentation.model_store import builtin_model_dir, sha256
+
+SHIPPED = (
+    "liver_small",
+    "detector_cswin3d_small",
+    "detector_cnn2d_small",
+    "classifier_small",
+    "classifier_image_small",
+    "classifier_clinical_small",
+    "classifier_concat_small",
+)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_checksum_and_profile(name: str) -> None:
+    folder = builtin_model_dir(name)
+    assert (folder / "model.pt.sha256").read_text().split()[0] == sha256(folder / "model.pt")
+    assert json.loads((folder / "config.json").read_text())["profile"] == "small"
+
+
+def test_all_shipped_weights_stay_under_40_mb() -> None:
+    total = sum(builtin_model_dir(name).joinpath("model.pt").stat().st_size for name in SHIPPED)
+    assert total < 40_000_000
+
+
+def test_shipped_detectors_and_classifiers_load() -> None:
+    from liaids.classification.predictor import LesionClassifier
+    from liaids.detection.predictor import LesionDetector
+
+    assert LesionDetector.load().config.backbone == "cswin3d"
+    assert LesionDetector.load(builtin_model_dir("detector_cnn2d_small")).config.backbone == "cnn2d"
+    variants = {
+        LesionClassifier.from_weights(builtin_model_dir(n)).variant
+        for n in (
+            "classifier_small",
+            "classifier_image_small",
+            "classifier_clinical_small",
+            "classifier_concat_small",
+        )
+    }
+    assert variants == {"full", "image", "clinical", "concat"}
+
+
+def test_operating_points_were_chosen_on_validation_cases() -> None:
+    detector = json.loads((builtin_model_dir("detector_cswin3d_small") / "config.json").read_text())
+    assert 0.0 < detector["operating_point"]["score"] < 1.0
+    assert "val" in detector["operating_point"]["chosen_on"]
+    triage = json.loads((builtin_model_dir("classifier_small") / "triage.json").read_text())
+    assert 0.0 < triage["threshold"] <= 1.0 and triage["target_npv"] == 0.99
