@@ -15,6 +15,7 @@ from typing import Any
 
 from liaids.codes import LESION_TYPES
 
+_NOTICE = "Not for clinical use: a research evaluation of LiAIDS."
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0;
        color: #1d2330; background: #f4f5f7; }
@@ -357,7 +358,7 @@ def render_evaluation_html(metrics: Mapping[str, Any], folder: str | Path) -> st
     settings = metrics["settings"]
     pred = metrics["predictions"]
     body = [
-        "<div class='notice'>Research evaluation of LiAIDS: not for clinical use.</div><main>",
+        f"<div class='notice'>{_NOTICE}</div><main>",
         f"<h1>Evaluation of {_e(ds.get('name') or ds['folder'])}</h1>",
         f"<p class='muted'>{ds['cases']} cases from <code>{_e(ds['folder'])}</code>; predictions: "
         f"{_e(pred['kind'])} (<code>{_e(pred['folder'])}</code>); created {_e(metrics['created'])}; "
@@ -380,7 +381,7 @@ def render_evaluation_html(metrics: Mapping[str, Any], folder: str | Path) -> st
     files = metrics.get("files", {})
     body.append("<h2 id='files'>Files</h2><div class='card'>")
     body.append(_table(["file", "content"], [[f"<code>{_e(k)}</code>", _e(v)] for k, v in files.items()]))
-    body.append("</div></main><div class='notice'>Research evaluation of LiAIDS: not for clinical use.</div>")
+    body.append(f"</div></main><div class='notice'>{_NOTICE}</div>")
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>LiAIDS evaluation: {_e(ds.get('name') or '')}</title><style>{_STYLE}</style></head><body>"

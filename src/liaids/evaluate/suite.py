@@ -845,7 +845,7 @@ def evaluate(
         metrics: dict[str, Any] = {
             "schema": SCHEMA,
             "version": SCHEMA_VERSION,
-            "notice": "Research evaluation; not for clinical use.",
+            "notice": "Not for clinical use: a research evaluation of LiAIDS.",
             "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "software": {
                 "liaids": _software_version(),
