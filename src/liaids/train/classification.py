@@ -18,7 +18,6 @@ Steps, each leaving an artefact in the output folder so that a run can be repeat
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -47,6 +46,14 @@ from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
 from liaids.networks.lesion_classifier import PROFILES, VARIANTS, LesionClassifierNet
 from liaids.segmentation.model_store import save_model
+from liaids.train.common import (
+    prepare_output,
+    restore_checkpoint,
+    save_checkpoint,
+    split_cases,
+    write_json,
+    write_log,
+)
 
 CACHE_VERSION = 2
 
@@ -388,26 +395,16 @@ def train_classification(
     )
     net_cfg = PROFILES[profile].with_variant(variant)
     plan = PATCH_PLANS[profile]
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise LiaidsError("output folder exists and is not empty (use --resume to continue a run)", out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, resume)
     report = progress or (lambda _msg, _frac: None)
     ds = Dataset(data)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
     case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    if len(case_ids) < 2:
-        raise LiaidsError("need at least 2 cases (training and validation)", ds.root)
-    order = np.random.default_rng(seed).permutation(len(case_ids))
-    n_val = max(1, round(cfg.val_fraction * len(case_ids)))
-    splits = {
-        "val": sorted(case_ids[i] for i in order[:n_val]),
-        "train": sorted(case_ids[i] for i in order[n_val:]),
-    }
-    (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
-    (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root)
+    write_json(out / "splits.json", splits)
+    write_json(out / "plan.json", plan.to_dict())
 
     # The clinical variant needs no image: without a shared cache it reads only case.json.
     use_plan = plan if (net_cfg.uses_image or cache) else None
@@ -429,13 +426,8 @@ def train_classification(
     start_epoch, best = 0, math.inf
     ckpt_path = out / "last.pt"
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file: holds RNG state
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        ckpt = restore_checkpoint(ckpt_path, net, opt, sched, rng)
         start_epoch, best, log = ckpt["epoch"], ckpt["best"], ckpt["log"]
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
 
     counts = np.bincount(train_set.labels[train_set.copies == 0], minlength=len(LESION_TYPES))
     config = {
@@ -494,27 +486,6 @@ def train_classification(
         if row["val_loss"] < best:
             best = row["val_loss"]
             save_model(out, net.state_dict(), {**config, "best_epoch": epoch + 1, "val": row})
-        torch.save(
-            {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch + 1,
-                "best": best,
-                "log": log,
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
-        _write_log(out, log)
+        save_checkpoint(ckpt_path, net, opt, sched, epoch + 1, log, rng, best=best)
+        write_log(out, log)
     return out
-
-
-def _write_log(out: Path, log: list[dict[str, Any]]) -> None:
-    (out / "log.json").write_text(json.dumps(log, indent=1) + "\n")
-    names = list(dict.fromkeys(k for row in log for k in row))
-    with open(out / "log.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(log)

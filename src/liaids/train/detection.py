@@ -13,8 +13,6 @@ Artefacts in the output folder, so a run repeats without hidden state:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +33,14 @@ from liaids.errors import LiaidsError
 from liaids.networks.lesion_detector import BACKBONES, build_detector
 from liaids.networks.lesion_detector import profile as detector_profile
 from liaids.segmentation.model_store import save_model
+from liaids.train.common import (
+    prepare_output,
+    restore_checkpoint,
+    save_checkpoint,
+    split_cases,
+    write_json,
+    write_log,
+)
 
 
 @dataclass(frozen=True)
@@ -276,29 +282,19 @@ def train_detection(
     cfg = replace(cfg, epochs=epochs or cfg.epochs, steps_per_epoch=steps_per_epoch or cfg.steps_per_epoch)
     det_cfg, plan = detector_profile(backbone, profile), PLANS[profile]
     merge = MergeSettings()
-    out = Path(out)
-    if out.exists() and any(p.name != "cache" for p in out.iterdir()) and not resume:
-        raise LiaidsError("output folder exists and is not empty (use --resume to continue a run)", out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, resume, reusable=("cache",))
     cache_dir = Path(cache) if cache is not None else out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    write_json(cache_dir / "plan.json", plan.to_dict())
     report = progress or (lambda _msg, _frac: None)
     ds = Dataset(data)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
     case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    if len(case_ids) < 2:
-        raise LiaidsError("need at least 2 cases (training and validation)", ds.root)
-    order = np.random.default_rng(seed).permutation(len(case_ids))
-    n_val = max(1, round(cfg.val_fraction * len(case_ids)))
-    splits = {
-        "val": sorted(case_ids[i] for i in order[:n_val]),
-        "train": sorted(case_ids[i] for i in order[n_val:]),
-    }
-    (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
-    (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root)
+    write_json(out / "splits.json", splits)
+    write_json(out / "plan.json", plan.to_dict())
 
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -339,13 +335,8 @@ def train_detection(
     start_epoch = 0
     ckpt_path = out / "last.pt"
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file: holds RNG state
-        network.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        ckpt = restore_checkpoint(ckpt_path, network, opt, sched, rng)
         start_epoch, log = ckpt["epoch"], ckpt["log"]
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
 
     config = {
         "kind": MODEL_KIND,
@@ -392,34 +383,12 @@ def train_detection(
             "seconds": round(time.time() - t0, 1),
         }
         log.append(row)
-        torch.save(
-            {
-                "model": network.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch + 1,
-                "log": log,
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
-        _write_log(out, log)
+        save_checkpoint(ckpt_path, network, opt, sched, epoch + 1, log, rng)
+        write_log(out, log)
     report("validating", 1.0)
     val = validate(network, val_phases, det_cfg.context, merge)
     if log:
         log[-1].update(val)
-        _write_log(out, log)
+        write_log(out, log)
     save_model(out, network.state_dict(), {**config, "val": val})
     return out
-
-
-def _write_log(out: Path, log: list[dict[str, Any]]) -> None:
-    (out / "log.json").write_text(json.dumps(log, indent=1) + "\n")
-    fields: list[str] = []
-    for row in log:
-        fields += [k for k in row if k not in fields]
-    with open(out / "log.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(log)

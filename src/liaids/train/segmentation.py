@@ -13,8 +13,6 @@ Steps, each leaving a JSON artefact in the output folder so a run can be repeate
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +33,14 @@ from liaids.networks.liver_unet import PROFILES, HybridUNet
 from liaids.segmentation.model_store import save_model
 from liaids.segmentation.predictor import MODEL_KIND
 from liaids.segmentation.preprocessing import SegmentationPlan, masks_to_model_grid, to_model_grid
+from liaids.train.common import (
+    prepare_output,
+    restore_checkpoint,
+    save_checkpoint,
+    split_cases,
+    write_json,
+    write_log,
+)
 
 
 @dataclass(frozen=True)
@@ -228,10 +234,7 @@ def train_segmentation(
     cfg = TRAIN_PROFILES[profile]
     cfg = replace(cfg, epochs=epochs or cfg.epochs, steps_per_epoch=steps_per_epoch or cfg.steps_per_epoch)
     net_cfg, plan = PROFILES[profile], PLANS[profile]
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise LiaidsError("output folder exists and is not empty (use --resume to continue a run)", out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, resume)
     report = progress or (lambda _msg, _frac: None)
     if plan.divisor % HybridUNet(net_cfg).divisor:
         raise LiaidsError(f"plan divisor {plan.divisor} is not a multiple of the network's divisor")
@@ -240,16 +243,9 @@ def train_segmentation(
     rng = np.random.default_rng(seed)
 
     case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    if len(case_ids) < 2:
-        raise LiaidsError("need at least 2 cases (training and validation)", ds.root)
-    order = np.random.default_rng(seed).permutation(len(case_ids))
-    n_val = max(1, round(cfg.val_fraction * len(case_ids)))
-    splits = {
-        "val": sorted(case_ids[i] for i in order[:n_val]),
-        "train": sorted(case_ids[i] for i in order[n_val:]),
-    }
-    (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
-    (out / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root)
+    write_json(out / "splits.json", splits)
+    write_json(out / "plan.json", plan.to_dict())
 
     done = [0]
 
@@ -269,13 +265,8 @@ def train_segmentation(
     start_epoch, best = 0, -1.0
     ckpt_path = out / "last.pt"
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file: holds RNG state
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        ckpt = restore_checkpoint(ckpt_path, net, opt, sched, rng)
         start_epoch, best, log = ckpt["epoch"], ckpt["best"], ckpt["log"]
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
 
     config = {
         "kind": MODEL_KIND,
@@ -319,26 +310,6 @@ def train_segmentation(
         if row["val_liver_dice"] > best:
             best = row["val_liver_dice"]
             save_model(out, net.state_dict(), {**config, "best_epoch": epoch + 1, "val": row})
-        torch.save(
-            {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch + 1,
-                "best": best,
-                "log": log,
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
-        _write_log(out, log)
+        save_checkpoint(ckpt_path, net, opt, sched, epoch + 1, log, rng, best=best)
+        write_log(out, log)
     return out
-
-
-def _write_log(out: Path, log: list[dict[str, Any]]) -> None:
-    (out / "log.json").write_text(json.dumps(log, indent=1) + "\n")
-    with open(out / "log.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(log[0]))
-        writer.writeheader()
-        writer.writerows(log)

@@ -1,0 +1,109 @@
+"""What every training run shares: the output folder, the case split, checkpoints and the log files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from liaids.errors import LiaidsError
+
+
+def prepare_output(out: str | Path, resume: bool, reusable: tuple[str, ...] = ()) -> Path:
+    """Create the output folder; refuse a non-empty one unless resuming.
+
+    Args:
+        out: the run's folder.
+        resume: continuing an earlier run in the same folder.
+        reusable: entries that may already be there (e.g. a shared ``cache``).
+
+    Returns:
+        The folder.
+    """
+    out = Path(out)
+    if out.exists() and any(p.name not in reusable for p in out.iterdir()) and not resume:
+        raise LiaidsError("output folder exists and is not empty (use --resume to continue a run)", out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def split_cases(case_ids: list[str], val_fraction: float, seed: int, root: Path) -> dict[str, list[str]]:
+    """Seeded training / validation split of the cases (at least one validation case).
+
+    The same seed and case list give the same split in every training module, so models trained on one
+    dataset with one seed share their held-out cases.
+
+    Raises:
+        LiaidsError: fewer than two cases.
+    """
+    if len(case_ids) < 2:
+        raise LiaidsError("need at least 2 cases (training and validation)", root)
+    order = np.random.default_rng(seed).permutation(len(case_ids))
+    n_val = max(1, round(val_fraction * len(case_ids)))
+    return {
+        "val": sorted(case_ids[i] for i in order[:n_val]),
+        "train": sorted(case_ids[i] for i in order[n_val:]),
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def save_checkpoint(
+    path: Path,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    log: list[dict[str, Any]],
+    rng: np.random.Generator,
+    **extra: Any,
+) -> None:
+    """``last.pt``: everything needed to resume, random generators included."""
+    torch.save(
+        {
+            "model": network.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "log": log,
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            **extra,
+        },
+        path,
+    )
+
+
+def restore_checkpoint(
+    path: Path,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Load ``last.pt`` into the run's objects; returns the checkpoint (``epoch``, ``log``, extras)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds RNG state
+    network.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    rng.bit_generator.state = ckpt["numpy_rng"]
+    torch.set_rng_state(ckpt["torch_rng"])
+    return ckpt
+
+
+def write_log(out: Path, log: list[dict[str, Any]]) -> None:
+    """``log.json`` and ``log.csv`` (one row per epoch; columns in order of first appearance)."""
+    write_json(out / "log.json", log)
+    fields: list[str] = []
+    for row in log:
+        fields += [k for k in row if k not in fields]
+    with open(out / "log.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(log)
