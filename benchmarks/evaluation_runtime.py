@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import emit
+from _report import emit, machine_info
 
 from liaids.codes import LESION_TYPES, MALIGNANT_TYPES, PHASES
 from liaids.evaluate.cohort import CasePrediction, CaseTruth, TrueLesion, build_tables
@@ -220,12 +218,7 @@ def main() -> None:
             "roc_points": len(roc),
             "froc_points": len(froc),
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
+        "machine": machine_info(),
     }
     emit(result, a.out)
 

@@ -13,13 +13,11 @@ Run:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from _report import emit
+from _report import emit, machine_info
 
 from liaids.codes import LESION_TYPES
 from liaids.evaluate.detection import froc, lesion_recall, match_scan, recall_at_fp_rate
@@ -113,12 +111,7 @@ def main() -> None:
             "triage_low_risk_share": triage["low_risk_share"],
             "triage_npv": triage["npv"],
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
+        "machine": machine_info(),
     }
     emit(result, a.out)
 

@@ -30,6 +30,7 @@ from liaids.detection.merge import MergeSettings, merge_slices
 from liaids.detection.predictor import MODEL_KIND, detect_slices
 from liaids.detection.preprocessing import PLANS, DetectionPlan, slab_indices, slice_boxes, to_detection_grid
 from liaids.errors import LiaidsError
+from liaids.evaluate.detection import is_hit
 from liaids.networks.lesion_detector import BACKBONES, build_detector
 from liaids.networks.lesion_detector import profile as detector_profile
 from liaids.segmentation.model_store import save_model
@@ -195,18 +196,6 @@ def _lesion_boxes_3d(labels: np.ndarray) -> np.ndarray:
     return np.asarray(boxes, int).reshape(-1, 6)
 
 
-def _hits(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """``(P, T)`` hit matrix with the paper's rule (IoU > 0.3 or intersection over the smaller > 0.5)."""
-    lo = np.maximum(pred[:, None, :3], truth[None, :, :3])
-    hi = np.minimum(pred[:, None, 3:], truth[None, :, 3:])
-    inter = np.clip(hi - lo, 0, None).prod(axis=2).astype(float)
-    vp = (pred[:, 3:] - pred[:, :3]).prod(axis=1)[:, None].astype(float)
-    vt = (truth[:, 3:] - truth[:, :3]).prod(axis=1)[None, :].astype(float)
-    iou = inter / (vp + vt - inter)
-    iom = inter / np.minimum(vp, vt)
-    return (iou > 0.3) | (iom > 0.5)
-
-
 @torch.no_grad()
 def validate(network: Any, phases: list[_Phase], context: int, merge: MergeSettings) -> dict[str, float]:
     """Lesion recall of the merged 3D detections on the grid, at the threshold giving <= 2 FP per scan."""
@@ -218,7 +207,7 @@ def validate(network: Any, phases: list[_Phase], context: int, merge: MergeSetti
         found = merge_slices(ks, boxes, scores, merge)
         truth = _lesion_boxes_3d(ph.labels)
         pred = np.stack([f.box_kji for f in found]) if found else np.zeros((0, 6), int)
-        hit = _hits(pred, truth) if len(pred) and len(truth) else np.zeros((len(pred), len(truth)), bool)
+        hit = is_hit(pred, truth)
         for n, f in enumerate(found):
             records.append((f.score, bool(hit[n].any())))
         for t in range(len(truth)):
