@@ -83,6 +83,10 @@ def main() -> None:
             "roi_count_10mm_plus": len(roi),
             "roi_mean_hu": {p: mean(roi, p) for p in PHASES},
         }
+        if any(f"{p}_nodule" in r for r in roi for p in PHASES):
+            summary["lesion_types"][t]["roi_nodule_mean_hu"] = {
+                p: mean([r for r in roi if f"{p}_nodule" in r], f"{p}_nodule") for p in PHASES
+            }
     diam = np.array([r["diameter_mm"] for r in lesions])
     summary["lesions_total"] = len(lesions)
     summary["share_under_1cm"] = round(float((diam < 10).mean()), 3)

@@ -14,6 +14,7 @@ from liaids.dataset import Dataset
 from liaids.errors import ClinicalInfoError, DatasetError, LiaidsError
 from liaids.io import read_nifti, write_nifti
 from liaids.phantom.cohort import synthesize_dataset
+from liaids.phantom.synthesize import PHANTOM_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def test_cohort_loads_and_matches_case_json(cohort: Path) -> None:
     ds = Dataset(cohort)
     assert ds.meta["phases"] == list(PHASES) and len(ds) == 1
     assert "anatomy" in ds.meta["labels"] and ds.meta["labels"]["anatomy"]["9"] == "liver"
+    # Which generator wrote it: the same profile and seed give the same images only within a version.
+    assert ds.meta["phantom"]["version"] == PHANTOM_VERSION and ds.meta["phantom"]["profile"]["name"]
     case = ds.load_case(ds.case_ids[0], with_anatomy=True)
     assert set(case.study.phases) == set(PHASES)
     for p in PHASES:

@@ -134,6 +134,8 @@ def test_haemangioma_has_peripheral_nodules_bright_as_blood(attenuation) -> None
     _, hu_pv, _ = out["PV"]
     inside = rho < 1
     assert (hu_pv[inside] > 130).mean() > (hu_art[inside] > 130).mean()
+    # ... but at PV (about 70 s) the fill-in is incomplete: the centre is still darker than the liver.
+    assert hu_pv[rho < 0.3].mean() < attenuation.hu(Tissue.LIVER, "PV")
 
 
 def test_fnh_scar_is_darker_than_the_lesion_in_art(attenuation) -> None:

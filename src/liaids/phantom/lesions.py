@@ -131,7 +131,10 @@ def make_lesion(
             dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
             pattern["nodules"] = dirs * _u(rng, 0.75, 0.9)
             pattern["nodule_r"] = rng.uniform(0.16, 0.28, n)
-            pattern["fill_front"] = _u(rng, 0.25, 0.6) if diameter > 40 else _u(rng, 0.0, 0.4)
+            # Radius fraction of the centre still unfilled at PV (~70 s): fill-in is progressive and
+            # completes only on delayed images, so at PV a third to a half of most lesions is still dark;
+            # giant ones keep a larger centre.
+            pattern["fill_front"] = _u(rng, 0.6, 0.9) if diameter > 40 else _u(rng, 0.45, 0.85)
             hu["NC"].update(core=nc, nodule=nc)
             hu["ART"].update(core=nc + _u(rng, 3, 12), nodule=aorta["ART"] * _u(rng, 0.75, 0.95))
             hu["PV"].update(core=nc + _u(rng, 5, 20), nodule=portal_pv * _u(rng, 0.82, 0.98))
@@ -264,8 +267,11 @@ def render_lesion(
         if phase == "ART":
             hu[near] = h["nodule"]
         elif phase == "PV":
-            filled = near | (rho > pat["fill_front"])
-            hu[filled] = h["nodule"]
+            # The nodules have grown and coalesce into a lobulated front that moves inwards.
+            grown = np.zeros(u.shape, bool)
+            for c, nr in zip(pat["nodules"], pat["nodule_r"], strict=True):
+                grown |= (u - c[0]) ** 2 + (v - c[1]) ** 2 + (w - c[2]) ** 2 < (1.4 * nr) ** 2
+            hu[grown | (rho > pat["fill_front"])] = h["nodule"]
     elif t == "FNH" and "spokes" in pat:
         scar = rho < 0.2
         r = np.sqrt(u * u + v * v + w * w) + 1e-6

@@ -65,6 +65,10 @@ def lesion_roi_means(case: PhantomCase, min_diameter_mm: float = 10.0) -> list[d
 
     The ROI is the lesion's cross-section on its largest slice, shrunk in-plane by a quarter of its radius,
     so that the partial-volume edge is left out (NaN where the lesion is absent or the ROI is empty).
+    Haemangiomas also get ``{phase}_nodule``: an ROI on their enhancing nodules, which is what the
+    reference's "nodules follow the blood pool" compares. The nodules sit at the periphery, so this ROI
+    is the cross-section less only its one-pixel edge, restricted to voxels brighter than halfway between
+    the lesion's unfilled centre and its nodules.
     """
     rows = []
     for spec in case.lesion_specs:
@@ -84,8 +88,14 @@ def lesion_roi_means(case: PhantomCase, min_diameter_mm: float = 10.0) -> list[d
             section = mask[k]
             radius_px = np.sqrt(section.sum() / np.pi)
             roi = ndimage.binary_erosion(section, iterations=max(1, round(radius_px / 4)))
+            image = case.study[p].array[k]
             if roi.sum() >= 3:
-                row[p] = float(case.study[p].array[k][roi].mean())
+                row[p] = float(image[roi].mean())
+            hu = spec.hu[p]
+            if "nodule" in hu and hu["nodule"] - hu["core"] > 20:  # NC: nodules not yet visible
+                values = image[ndimage.binary_erosion(section)]
+                bright = values[values > 0.5 * (hu["core"] + hu["nodule"])]
+                row[f"{p}_nodule"] = float(bright.mean()) if bright.size >= 3 else float("nan")
         rows.append(row)
     return rows
 

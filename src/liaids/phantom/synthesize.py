@@ -33,6 +33,9 @@ from liaids.phantom.profiles import Profile
 from liaids.types import Study, Volume
 
 MATRIX = 512
+# Raised whenever the same profile and seed would give different images; written to dataset.json so a
+# model folder can say which phantom it was trained on (history in docs/phantom-profiles.md).
+PHANTOM_VERSION = 2
 _KERNELS = {"Siemens": "B30f", "GE": "STANDARD", "Philips": "B", "Toshiba": "FC08", "UIH": "B_SOFT_B"}
 _MODELS = {
     "Siemens": "SOMATOM Definition AS",
