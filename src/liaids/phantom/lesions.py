@@ -136,8 +136,9 @@ def make_lesion(
             # giant ones keep a larger centre.
             pattern["fill_front"] = _u(rng, 0.6, 0.9) if diameter > 40 else _u(rng, 0.45, 0.85)
             hu["NC"].update(core=nc, nodule=nc)
-            hu["ART"].update(core=nc + _u(rng, 3, 12), nodule=aorta["ART"] * _u(rng, 0.75, 0.95))
-            hu["PV"].update(core=nc + _u(rng, 5, 20), nodule=portal_pv * _u(rng, 0.82, 0.98))
+            # The nodules are isoattenuating to the blood pool in every phase (the classic criterion).
+            hu["ART"].update(core=nc + _u(rng, 3, 12), nodule=aorta["ART"] * _u(rng, 0.85, 1.0))
+            hu["PV"].update(core=nc + _u(rng, 5, 20), nodule=portal_pv * _u(rng, 0.9, 1.0))
     elif lesion_type == "FNH":
         hu["NC"]["core"] = liver["NC"] - _u(rng, 2, 9)
         hu["ART"]["core"] = liver["ART"] + _u(rng, 40, 80)
