@@ -74,10 +74,10 @@ def stand_in_models(folder: Path, weights: Path | None) -> tuple[Path | list[Pat
     from liaids.codes import CLINICAL_FIELDS, LESION_TYPES
     from liaids.detection.merge import MergeSettings
     from liaids.detection.preprocessing import PLANS
+    from liaids.model_store import save_model
     from liaids.networks.lesion_classifier import PROFILES, LesionClassifierNet
     from liaids.networks.lesion_detector import build_detector, profile
     from liaids.pipeline.diagnose import model_folders
-    from liaids.segmentation.model_store import save_model
 
     chosen = model_folders(weights)
     missing = [role for role, path in chosen.items() if not (path / "model.pt").is_file()]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from liaids.classification.matching import PhaseBox, align_livers, match_lesions
-from liaids.classification.patches import BBox, BoxError, boxes_from_instances
+from liaids.classification.patches import BBox, boxes_from_instances
 from liaids.codes import PHASES
+from liaids.errors import BoxError
 from liaids.phantom.profiles import load_profile
 from liaids.phantom.synthesize import PhantomCase, synthesize_case
 from liaids.types import Volume

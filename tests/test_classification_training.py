@@ -17,9 +17,8 @@ from liaids.classification.patches import boxes_from_instances
 from liaids.classification.predictor import LesionClassifier, clinical_vector, lesion_metrics
 from liaids.codes import LESION_TYPES, PHASES
 from liaids.dataset import Dataset
-from liaids.errors import ClinicalInfoError
+from liaids.errors import ClinicalInfoError, ModelLoadError
 from liaids.networks.lesion_classifier import PROFILES, LesionClassifierNet
-from liaids.segmentation.model_store import ModelLoadError
 from liaids.train.classification import augment, train_classification
 
 CLINICAL = {

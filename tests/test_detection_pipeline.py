@@ -12,8 +12,8 @@ import pytest
 
 from liaids.dataset import Dataset
 from liaids.detection.predictor import LesionDetector, detect
+from liaids.errors import ModelLoadError
 from liaids.io import write_nifti
-from liaids.segmentation.model_store import ModelLoadError
 from liaids.train.detection import train_detection
 from liaids.types import Volume
 

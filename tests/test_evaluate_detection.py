@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from monai.metrics import compute_froc_curve_data, compute_froc_score
 
+from liaids.errors import EvaluationInputError
 from liaids.evaluate.detection import (
     FROC_FP_RATES,
     box_diameter_mm,
@@ -21,7 +22,6 @@ from liaids.evaluate.detection import (
     recall_at_fp_rate,
     records_to_rows,
 )
-from liaids.evaluate.statistics import EvaluationInputError
 
 CUBE = [0, 0, 0, 10, 10, 10]  # 1000 voxels
 

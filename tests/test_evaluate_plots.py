@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from liaids.errors import EvaluationInputError
 from liaids.evaluate.detection import froc, match_scan
 from liaids.evaluate.plots import (
     plot_confusion_matrix,
@@ -17,7 +18,7 @@ from liaids.evaluate.plots import (
     tsne_embedding,
 )
 from liaids.evaluate.reader_study import ReaderStudy, reader_metrics
-from liaids.evaluate.statistics import EvaluationInputError, confusion_matrix
+from liaids.evaluate.statistics import confusion_matrix
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

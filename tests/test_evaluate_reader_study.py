@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liaids.errors import DatasetError
+from liaids.errors import DatasetError, EvaluationInputError
 from liaids.evaluate.reader_study import (
     ReaderStudy,
     ai_non_inferiority,
@@ -18,7 +18,6 @@ from liaids.evaluate.reader_study import (
     reader_metrics,
     write_rows,
 )
-from liaids.evaluate.statistics import EvaluationInputError
 
 TRUTH = {"p1": "malignant", "p2": "malignant", "p3": "benign", "p4": "benign", "p5": "benign"}
 #: reader -> session -> calls for p1..p5 ("m" malignant, "b" benign).

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from liaids.codes import LESION_TYPES
-from liaids.errors import DatasetError, LiaidsError
-from liaids.evaluate.cohort import PATIENT_CLASSES, PredictionError
+from liaids.errors import DatasetError, LiaidsError, PredictionError
+from liaids.evaluate.cohort import PATIENT_CLASSES
 from liaids.evaluate.statistics import binary_auc, proportion_ci
 from liaids.evaluate.suite import EvaluationSettings, evaluate
 from test_evaluate_cohort import make_dataset, make_report, write_predictions
@@ -344,9 +344,9 @@ def _stand_in_models(root: Path) -> dict[str, Path]:
     from liaids.codes import CLINICAL_FIELDS
     from liaids.detection.merge import MergeSettings
     from liaids.detection.preprocessing import DetectionPlan
+    from liaids.model_store import save_model
     from liaids.networks.lesion_classifier import PROFILES, LesionClassifierNet
     from liaids.networks.lesion_detector import build_detector, profile
-    from liaids.segmentation.model_store import save_model
 
     det_cfg = replace(profile("cnn2d", "small"), box_score_threshold=0.0, box_detections=2)
     for name, seed in (("bundle/detector", 0), ("detector_b", 3)):

@@ -21,13 +21,13 @@ from liaids.classification.patches import PATCH_PLANS
 from liaids.codes import CLINICAL_FIELDS, LESION_TYPES, PHASES
 from liaids.detection.merge import MergeSettings
 from liaids.detection.preprocessing import DetectionPlan
-from liaids.errors import ClinicalInfoError, LiaidsError, PhaseError, StudyReadError
+from liaids.errors import ClinicalInfoError, LiaidsError, ModelLoadError, PhaseError, StudyReadError
 from liaids.io import read_nifti, write_nifti
+from liaids.model_store import builtin_model_dir, save_model
 from liaids.networks.lesion_classifier import PROFILES, LesionClassifierNet
 from liaids.networks.lesion_detector import build_detector, profile
 from liaids.pipeline import diagnose, model_folders, parse_clinical_options
 from liaids.pipeline.diagnose import Diagnosis, axial_diameter_mm, lesion_instance_mask
-from liaids.segmentation.model_store import ModelLoadError, builtin_model_dir, save_model
 from liaids.types import Volume
 
 WriteSeries = Callable[..., list[Path]]

@@ -10,9 +10,10 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
+from liaids.errors import ModelLoadError
 from liaids.io import read_nifti, write_nifti
+from liaids.model_store import save_model
 from liaids.networks.liver_unet import PROFILES, HybridUNet
-from liaids.segmentation.model_store import ModelLoadError, save_model
 from liaids.segmentation.predictor import MODEL_KIND, LiverSegmenter, segment
 from liaids.segmentation.preprocessing import SegmentationPlan
 from liaids.train.segmentation import _deep_loss, train_segmentation
@@ -143,7 +144,7 @@ def test_training_writes_artefacts_and_resumes(tmp_path: Path) -> None:
 
 
 def test_shipped_small_weights_load_and_match_their_checksum() -> None:
-    from liaids.segmentation.model_store import builtin_model_dir, sha256
+    from liaids.model_store import builtin_model_dir, sha256
 
     folder = builtin_model_dir("liver_small")
     assert (folder / "model.pt.sha256").read_text().split()[0] == sha256(folder / "model.pt")

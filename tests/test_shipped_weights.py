@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from liaids.segmentation.model_store import builtin_model_dir, sha256
+from liaids.model_store import builtin_model_dir, sha256
 
 SHIPPED = (
     "liver_small",

@@ -32,3 +32,19 @@ class ClinicalInfoError(LiaidsError):
 
 class ProfileError(LiaidsError):
     """A phantom centre profile is malformed."""
+
+
+class ModelLoadError(LiaidsError):
+    """A model folder is missing, incomplete, corrupt or of the wrong kind."""
+
+
+class BoxError(LiaidsError):
+    """A lesion box is malformed, empty, or lies outside its volume."""
+
+
+class PredictionError(LiaidsError):
+    """A predictions folder or a report.json is missing, malformed, or does not fit its case."""
+
+
+class EvaluationInputError(LiaidsError, ValueError):
+    """Arrays handed to an evaluation function have the wrong shape, values or length."""

@@ -30,14 +30,10 @@ import numpy as np
 from scipy import ndimage
 
 from liaids.codes import PHASES
-from liaids.errors import LiaidsError
+from liaids.errors import BoxError
 from liaids.types import Volume
 
 BBox = tuple[int, int, int, int, int, int]
-
-
-class BoxError(LiaidsError):
-    """A lesion box is malformed, empty, or lies outside its volume."""
 
 
 @dataclass(frozen=True)

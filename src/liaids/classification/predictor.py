@@ -22,14 +22,14 @@ from liaids.classification.matching import MatchedLesion
 from liaids.classification.patches import PatchPlan, extract_lesion_patches
 from liaids.clinical import ClinicalInfo
 from liaids.codes import CLINICAL_FIELDS, LESION_TYPES
-from liaids.errors import ClinicalInfoError
+from liaids.errors import ClinicalInfoError, ModelLoadError
+from liaids.model_store import builtin_model_dir, load_model_files
 from liaids.networks.lesion_classifier import (
     MALIGNANT_INDICES,
     ClassifierConfig,
     LesionClassifierNet,
     malignant_probability,
 )
-from liaids.segmentation.model_store import ModelLoadError, builtin_model_dir, load_model_files
 from liaids.types import Study, Volume
 
 MODEL_KIND = "lesion-classification"

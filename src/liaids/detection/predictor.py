@@ -23,8 +23,9 @@ from liaids.detection.preprocessing import (
     slab_indices,
     to_detection_grid,
 )
+from liaids.errors import ModelLoadError
+from liaids.model_store import builtin_model_dir, load_model_files, sha256
 from liaids.networks.lesion_detector import DetectorConfig, build_detector
-from liaids.segmentation.model_store import ModelLoadError, builtin_model_dir, load_model_files, sha256
 from liaids.types import Volume
 
 MODEL_KIND = "lesion-detection"

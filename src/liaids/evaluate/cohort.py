@@ -40,7 +40,7 @@ import numpy as np
 
 from liaids.codes import LESION_TYPES, MALIGNANT_TYPES, PHASES
 from liaids.dataset import Dataset
-from liaids.errors import DatasetError, LiaidsError
+from liaids.errors import DatasetError, LiaidsError, PredictionError
 from liaids.evaluate.detection import (
     DetectionRecord,
     LesionRecord,
@@ -72,10 +72,6 @@ STRATIFIERS: dict[str, tuple[str, tuple[tuple[float, float], ...] | None, str]] 
     "mas": ("mas", MAS_BANDS, " mAs"),
     "centre": ("centre", None, ""),
 }
-
-
-class PredictionError(LiaidsError):
-    """A predictions folder or a report.json is missing, malformed, or does not fit its case."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from liaids.evaluate.statistics import EvaluationInputError, proportion_ci
+from liaids.errors import EvaluationInputError
+from liaids.evaluate.statistics import proportion_ci
 
 #: False positives per scan at which FROC sensitivities are reported (their mean is the CPM).
 FROC_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)

@@ -15,9 +15,10 @@ import numpy as np
 import numpy.typing as npt
 
 from liaids.codes import LESION_TYPES
+from liaids.errors import EvaluationInputError
 from liaids.evaluate.detection import FrocCurve
 from liaids.evaluate.reader_study import AI_SESSION
-from liaids.evaluate.statistics import EvaluationInputError, binary_auc, roc_curve
+from liaids.evaluate.statistics import binary_auc, roc_curve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -25,14 +25,10 @@ import numpy.typing as npt
 from scipy import optimize, stats
 
 from liaids.codes import LESION_TYPES, MALIGNANT_TYPES
-from liaids.errors import LiaidsError
+from liaids.errors import EvaluationInputError
 
 #: Per-class (one-vs-rest) metrics returned by :func:`one_vs_rest_metrics`, in this order.
 CLASS_METRICS: tuple[str, ...] = ("sensitivity", "specificity", "precision", "npv", "f1", "accuracy")
-
-
-class EvaluationInputError(LiaidsError, ValueError):
-    """Arrays handed to an evaluation function have the wrong shape, values or length."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -39,7 +39,8 @@ from liaids.codes import PHASES
 from liaids.detection.predictor import DEFAULT_MODEL as DETECTOR_DEFAULT
 from liaids.detection.predictor import MODEL_KIND as DETECTOR_KIND
 from liaids.detection.predictor import DetectedLesion, LesionDetector
-from liaids.errors import LiaidsError
+from liaids.errors import LiaidsError, ModelLoadError
+from liaids.model_store import builtin_model_dir, sha256
 from liaids.pipeline.decision import (
     DEFAULT_TARGET_NPV,
     FALLBACK_TRIAGE_THRESHOLD,
@@ -57,7 +58,6 @@ from liaids.pipeline.inputs import (
     resolve_clinical,
     resolve_input,
 )
-from liaids.segmentation.model_store import ModelLoadError, builtin_model_dir, sha256
 from liaids.segmentation.predictor import DEFAULT_MODEL as LIVER_DEFAULT
 from liaids.segmentation.predictor import LESION, LiverSegmenter
 from liaids.segmentation.predictor import MODEL_KIND as LIVER_KIND

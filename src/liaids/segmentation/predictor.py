@@ -11,8 +11,9 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
+from liaids.errors import ModelLoadError
+from liaids.model_store import builtin_model_dir, load_model_files
 from liaids.networks.liver_unet import HybridUNet, UNetConfig
-from liaids.segmentation.model_store import ModelLoadError, builtin_model_dir, load_model_files
 from liaids.segmentation.preprocessing import SegmentationPlan, from_model_grid, to_model_grid
 from liaids.types import Volume
 

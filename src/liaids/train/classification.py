@@ -44,8 +44,8 @@ from liaids.classification.predictor import MODEL_KIND, lesion_metrics
 from liaids.codes import CLINICAL_FIELDS, LESION_TYPES, PHASES
 from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
+from liaids.model_store import save_model
 from liaids.networks.lesion_classifier import PROFILES, VARIANTS, LesionClassifierNet
-from liaids.segmentation.model_store import save_model
 from liaids.train.common import (
     prepare_output,
     restore_checkpoint,

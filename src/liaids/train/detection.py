@@ -31,9 +31,9 @@ from liaids.detection.predictor import MODEL_KIND, detect_slices
 from liaids.detection.preprocessing import PLANS, DetectionPlan, slab_indices, slice_boxes, to_detection_grid
 from liaids.errors import LiaidsError
 from liaids.evaluate.detection import is_hit
+from liaids.model_store import save_model
 from liaids.networks.lesion_detector import BACKBONES, build_detector
 from liaids.networks.lesion_detector import profile as detector_profile
-from liaids.segmentation.model_store import save_model
 from liaids.train.common import (
     prepare_output,
     restore_checkpoint,

@@ -29,8 +29,8 @@ from monai.losses import DiceCELoss
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
+from liaids.model_store import save_model
 from liaids.networks.liver_unet import PROFILES, HybridUNet
-from liaids.segmentation.model_store import save_model
 from liaids.segmentation.predictor import MODEL_KIND
 from liaids.segmentation.preprocessing import SegmentationPlan, masks_to_model_grid, to_model_grid
 from liaids.train.common import (

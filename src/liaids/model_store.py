@@ -15,14 +15,10 @@ from typing import Any
 
 import torch
 
-from liaids.errors import LiaidsError
+from liaids.errors import ModelLoadError
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
-
-
-class ModelLoadError(LiaidsError):
-    """A model folder is missing, incomplete, corrupt or of the wrong kind."""
 
 
 def sha256(path: Path) -> str:
