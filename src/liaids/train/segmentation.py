@@ -70,7 +70,7 @@ class TrainConfig:
 
 TRAIN_PROFILES: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
-    "small": TrainConfig(lr=0.002, weight_decay=1e-4, batch=4, epochs=20, steps_per_epoch=100, crop=128),
+    "small": TrainConfig(lr=0.002, weight_decay=1e-4, batch=4, epochs=40, steps_per_epoch=100, crop=128),
 }
 # The in-plane divisor is the network's (pooling levels x stem stride).
 PLANS: dict[str, SegmentationPlan] = {
