@@ -261,18 +261,15 @@ def render_lesion(
     hu = np.full(u.shape, h["core"], np.float32)
     peri = np.zeros(u.shape, np.float32)
     t = spec.lesion_type
-    if t == "HH" and "nodules" in pat:
+    if t == "HH" and "nodules" in pat and phase in ("ART", "PV"):
+        # By PV the nodules have grown and coalesce into a lobulated front that moves inwards.
+        growth = 1.4 if phase == "PV" else 1.0
         near = np.zeros(u.shape, bool)
         for c, nr in zip(pat["nodules"], pat["nodule_r"], strict=True):
-            near |= (u - c[0]) ** 2 + (v - c[1]) ** 2 + (w - c[2]) ** 2 < nr * nr
-        if phase == "ART":
-            hu[near] = h["nodule"]
-        elif phase == "PV":
-            # The nodules have grown and coalesce into a lobulated front that moves inwards.
-            grown = np.zeros(u.shape, bool)
-            for c, nr in zip(pat["nodules"], pat["nodule_r"], strict=True):
-                grown |= (u - c[0]) ** 2 + (v - c[1]) ** 2 + (w - c[2]) ** 2 < (1.4 * nr) ** 2
-            hu[grown | (rho > pat["fill_front"])] = h["nodule"]
+            near |= (u - c[0]) ** 2 + (v - c[1]) ** 2 + (w - c[2]) ** 2 < (growth * nr) ** 2
+        if phase == "PV":
+            near |= rho > pat["fill_front"]
+        hu[near] = h["nodule"]
     elif t == "FNH" and "spokes" in pat:
         scar = rho < 0.2
         r = np.sqrt(u * u + v * v + w * w) + 1e-6
