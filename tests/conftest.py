@@ -20,6 +20,25 @@ PHASE_HU: dict[str, dict[str, float]] = {
 }
 
 
+#: Files every training run writes into its output folder (the model folder plus its artefacts).
+TRAINING_ARTEFACTS = (
+    "model.pt",
+    "model.pt.sha256",
+    "config.json",
+    "log.csv",
+    "log.json",
+    "splits.json",
+    "plan.json",
+    "last.pt",
+)
+
+
+def assert_training_artefacts(folder: Path) -> None:
+    """Fail naming the first artefact a training run did not write."""
+    for name in TRAINING_ARTEFACTS:
+        assert (folder / name).is_file(), f"{folder} lacks {name}"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` next to the repository; skips the test when it is not there."""

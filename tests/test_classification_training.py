@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_training_artefacts
 from liaids.classification.matching import match_lesions
 from liaids.classification.patches import boxes_from_instances
 from liaids.classification.predictor import LesionClassifier, clinical_vector, lesion_metrics
@@ -123,16 +124,7 @@ def test_training_writes_artefacts_resumes_and_the_model_classifies(
 ) -> None:
     out = tmp_path / "run"
     train_classification(phantom_dataset, out, "full", "small", epochs=1, jitter_copies=1, seed=3)
-    for name in (
-        "model.pt",
-        "model.pt.sha256",
-        "config.json",
-        "log.csv",
-        "log.json",
-        "splits.json",
-        "plan.json",
-    ):
-        assert (out / name).is_file(), name
+    assert_training_artefacts(out)
     assert (out / "last.pt").is_file() and len(list((out / "cache").glob("patches_*.npz"))) == 1
     splits = json.loads((out / "splits.json").read_text())
     assert len(splits["train"]) == 1 and len(splits["val"]) == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import assert_training_artefacts
 from liaids.dataset import Dataset
 from liaids.detection.predictor import LesionDetector, detect
 from liaids.errors import ModelLoadError
@@ -33,16 +34,7 @@ def tiny_model(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_training_writes_artefacts_and_resumes(phantom: Path, tiny_model: Path) -> None:
-    for name in (
-        "model.pt",
-        "model.pt.sha256",
-        "config.json",
-        "log.csv",
-        "log.json",
-        "splits.json",
-        "plan.json",
-    ):
-        assert (tiny_model / name).is_file(), name
+    assert_training_artefacts(tiny_model)
     cached = sorted(p.name for p in (tiny_model / "cache").glob("*.npz"))
     assert len(cached) == 6  # two cases x three phases
     config = json.loads((tiny_model / "config.json").read_text())

@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
+from conftest import assert_training_artefacts
 from liaids.errors import ModelLoadError
 from liaids.io import read_nifti, write_nifti
 from liaids.model_store import save_model
@@ -122,17 +123,7 @@ def test_training_writes_artefacts_and_resumes(tmp_path: Path) -> None:
     data = synthesize_dataset(tmp_path / "ds", cases=2, seed=21, profile="qzh")
     out = tmp_path / "run"
     train_segmentation(data, out, "small", epochs=1, steps_per_epoch=2, seed=3)
-    for name in (
-        "model.pt",
-        "model.pt.sha256",
-        "config.json",
-        "log.csv",
-        "log.json",
-        "splits.json",
-        "plan.json",
-        "last.pt",
-    ):
-        assert (out / name).is_file(), name
+    assert_training_artefacts(out)
     splits = json.loads((out / "splits.json").read_text())
     assert len(splits["train"]) == 1 and len(splits["val"]) == 1
     train_segmentation(data, out, "small", epochs=2, steps_per_epoch=2, seed=3, resume=True)
