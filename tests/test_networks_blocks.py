@@ -67,3 +67,23 @@ def test_unet_shapes_for_both_profiles(profile: str) -> None:
 def test_unet_rejects_sizes_it_cannot_pool() -> None:
     with pytest.raises(ValueError, match="divisible by 16"):
         HybridUNet(PROFILES["small"]).eval()(torch.zeros(1, 1, 5, 30, 32))
+
+
+def test_small_profile_head_sees_full_resolution_stem_features() -> None:
+    """With a strided stem the 3D output block gets the stem's full-resolution features as a skip."""
+    cfg = PROFILES["small"]
+    net = HybridUNet(cfg).eval()
+    seen: list[torch.Size] = []
+    net.head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape))
+    with torch.no_grad():
+        net(torch.randn(1, 1, cfg.slab, 32, 32))
+    assert seen == [torch.Size([1, 2 * cfg.channels[0], cfg.slab, 32, 32])]
+
+
+def test_model_config_saved_without_stem_skip_builds_the_earlier_network() -> None:
+    """Model folders written before ``stem_skip`` existed keep loading: the key defaults to off."""
+    from liaids.networks.liver_unet import UNetConfig
+
+    saved = {k: v for k, v in PROFILES["small"].to_dict().items() if k != "stem_skip"}
+    net = HybridUNet(UNetConfig(**saved))
+    assert net.head[0][0].in_channels == saved["channels"][0]

@@ -28,6 +28,10 @@ class UNetConfig:
         out_channels: liver and lesion.
         stem_stride: in-plane stride of the 3D input block. 1 is the paper's design; 2 runs the 2D U-Net at
             half resolution (4x cheaper on a CPU) and upsamples before the 3D output block.
+        stem_skip: with ``stem_stride`` > 1, also feed the full-resolution stem features to the 3D output
+            block (a U-Net skip at the input's resolution), so the liver edge is drawn from full-resolution
+            features rather than upsampled coarse ones. Ignored when ``stem_stride`` is 1. Off by default so
+            model folders saved before it existed load unchanged.
     """
 
     channels: tuple[int, ...] = (32, 64, 128, 256)
@@ -36,6 +40,7 @@ class UNetConfig:
     deep_supervision: int = 3
     out_channels: int = 2
     stem_stride: int = 1
+    stem_skip: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +48,7 @@ class UNetConfig:
 
 PROFILES: dict[str, UNetConfig] = {
     "paper": UNetConfig(channels=(32, 64, 128, 256), slab=8, key_side=16),
-    "small": UNetConfig(channels=(8, 16, 32, 64), slab=5, key_side=8, stem_stride=2),
+    "small": UNetConfig(channels=(8, 16, 32, 64), slab=5, key_side=8, stem_stride=2, stem_skip=True),
 }
 
 
@@ -159,7 +164,9 @@ class HybridUNet(nn.Module):
             if config.stem_stride > 1
             else nn.Identity()
         )
-        self.head = nn.Sequential(Block3d(ch[0], ch[0]), nn.Conv3d(ch[0], config.out_channels, 1))
+        self.stem_skip = config.stem_skip and config.stem_stride > 1
+        head_in = 2 * ch[0] if self.stem_skip else ch[0]
+        self.head = nn.Sequential(Block3d(head_in, ch[0]), nn.Conv3d(ch[0], config.out_channels, 1))
         n_aux = min(config.deep_supervision, len(ch) - 1)
         self.aux_heads = nn.ModuleList(
             [nn.Conv2d(ch[i], config.out_channels, 1) for i in range(1, 1 + n_aux)]
@@ -186,7 +193,8 @@ class HybridUNet(nn.Module):
         divisor = self.divisor
         if x.shape[-1] % divisor or x.shape[-2] % divisor:
             raise ValueError(f"H and W must be divisible by {divisor}, got {tuple(x.shape[-2:])}")
-        h = _fold(self.stem(x))
+        full = self.stem[0](x)
+        h = _fold(self.stem[1](full))
         features = []
         for i, block in enumerate(self.encoder):
             h = block(h if i == 0 else self.pool(h))
@@ -198,5 +206,6 @@ class HybridUNet(nn.Module):
             h = self.decoder[i](torch.cat([up, self.skips[i](features[i])], dim=1))
             if self.training and 1 <= i <= len(self.aux_heads):
                 aux.append(_unfold(self.aux_heads[i - 1](h), depth))
-        logits = self.head(self.head_up(_unfold(h, depth)))
+        h = self.head_up(_unfold(h, depth))
+        logits = self.head(torch.cat([h, full], dim=1) if self.stem_skip else h)
         return (logits, aux[::-1]) if self.training else logits
