@@ -56,6 +56,47 @@ def test_merge_thresholds() -> None:
     assert len(out) == 1 and out[0].n_boxes == 1 and out[0].score == 0.9
 
 
+def test_weak_loose_boxes_join_the_lesion_but_do_not_widen_its_box() -> None:
+    # A lesion found strongly on slices 4-6, and a weak loose box around it on slice 3 that joins the
+    # group because the lesion's boxes lie inside it (intersection over the smaller area = 1).
+    ks = np.array([4, 5, 6, 3])
+    boxes = np.array([[20, 20, 30, 30], [19, 21, 31, 29], [21, 20, 29, 30], [0, 0, 60, 60]], float)
+    scores = np.array([0.9, 0.95, 0.8, 0.1])
+    (lesion,) = merge_slices(ks, boxes, scores)
+    assert lesion.n_boxes == 4 and lesion.score == 0.95
+    assert lesion.box_kji.tolist() == [4, 20, 19, 7, 30, 31]
+    # The authors' union of all members.
+    (union,) = merge_slices(ks, boxes, scores, MergeSettings(box_from=0.0))
+    assert union.box_kji.tolist() == [3, 0, 0, 7, 60, 60]
+
+
+def test_strong_runs_linked_only_by_weak_boxes_are_separate_lesions() -> None:
+    # Lesion on slices 0-2, an unrelated structure on slices 8-10 (score 0.6), linked by a chain of weak
+    # tall boxes on slices 3-7 that overlap both.
+    ks = np.array([0, 1, 2, 8, 9, 10, 3, 5, 7])
+    boxes = np.array([[10, 10, 20, 20]] * 3 + [[10, 40, 20, 50]] * 3 + [[10, 10, 20, 50]] * 3, float)
+    scores = np.array([0.9, 0.9, 0.8, 0.6, 0.6, 0.5, 0.1, 0.1, 0.1])
+    lesions = merge_slices(ks, boxes, scores)
+    assert [les.box_kji.tolist() for les in lesions] == [[0, 10, 10, 3, 20, 20], [8, 40, 10, 11, 50, 20]]
+    assert [les.score for les in lesions] == [0.9, 0.6]
+    assert lesions[0].n_boxes == 6 and lesions[1].n_boxes == 3  # every 2D box is counted once
+    # The authors' rule: one lesion spanning both.
+    (union,) = merge_slices(ks, boxes, scores, MergeSettings(box_from=0.0))
+    assert union.box_kji.tolist() == [0, 10, 10, 11, 50, 20]
+
+
+def test_weak_boxes_linked_to_the_lesion_only_through_weak_boxes_are_a_candidate_of_their_own() -> None:
+    # Lesion on slices 0-2; a weak tall box on slice 4 touches it and links, through a weak box on slice 7,
+    # a faint structure on slices 7-9 that no strong box touches.
+    ks = np.array([0, 1, 2, 4, 7, 8, 9])
+    boxes = np.array([[10, 10, 20, 20]] * 3 + [[10, 10, 20, 50]] + [[10, 40, 20, 50]] * 3, float)
+    scores = np.array([0.9, 0.9, 0.8, 0.1, 0.3, 0.2, 0.2])
+    lesions = merge_slices(ks, boxes, scores)
+    assert [les.box_kji.tolist() for les in lesions] == [[0, 10, 10, 3, 20, 20], [7, 40, 10, 10, 50, 20]]
+    assert [les.score for les in lesions] == [0.9, 0.3]
+    assert [les.n_boxes for les in lesions] == [4, 3]
+
+
 def test_touches_liver() -> None:
     liver = np.zeros((10, 10, 10), bool)
     liver[5, 5, 5] = True

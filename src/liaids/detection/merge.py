@@ -1,8 +1,14 @@
 """2D slice detections -> 3D lesions (after the authors' rule), and the liver filter.
 
 Boxes on the same slice or up to ``max_gap`` slices apart are joined (union-find) when their
-intersection over the smaller box's area reaches ``min_iom``; a 3D lesion is the union of its 2D boxes.
-Lesions whose box holds no liver voxel are dropped.
+intersection over the smaller box's area reaches ``min_iom``. The authors' 3D lesion is the union of a
+group's 2D boxes. Ours is drawn from the group's strong boxes only (at least half its best score, see
+``MergeSettings.box_from``): through the smaller-area overlap, a weak loose box joins everything inside it,
+and chains of weak boxes join a lesion to unrelated structures slices away, which blew boxes (and the
+sizes measured in them) up to several times the lesion. Strong runs that only weak boxes linked become
+lesions of their own, and weak boxes that no strong box touches (linked to the lesion only through other
+weak boxes) are candidates of their own, with their own score. Lesions whose box holds no liver voxel are
+dropped.
 
 Scoring differs from the authors' post-processing by default: they score a 3D lesion by the *mean* of
 its 2D scores and keep it when that reaches 0.2. On thin grids a lesion's first and last slices carry
@@ -29,6 +35,8 @@ class MergeSettings:
         min_score_2d: 2D boxes below this score are ignored.
         min_score_3d: 3D lesions whose aggregated score is below this are dropped.
         score: ``max`` (default) or ``mean`` (the authors') of the member scores.
+        box_from: boxes are drawn from the members scoring at least this fraction of the group's best
+            score (0: the authors' union of all members).
     """
 
     max_gap: int = 3
@@ -36,6 +44,7 @@ class MergeSettings:
     min_score_2d: float = 0.05
     min_score_3d: float = 0.05
     score: str = "max"
+    box_from: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,37 +94,72 @@ def merge_slices(
     """
     keep = scores >= settings.min_score_2d
     ks, bx, sc = np.asarray(slice_indices)[keep], np.asarray(boxes, float)[keep], np.asarray(scores)[keep]
-    n = len(sc)
-    if n == 0:
+    if len(sc) == 0:
         return []
-    parent = list(range(n))
+
+    def aggregate(idx: np.ndarray) -> float:
+        return float(sc[idx].mean() if settings.score == "mean" else sc[idx].max())
+
+    lesions = []
+    for group in _connected(ks, bx, np.arange(len(sc)), settings):
+        score = aggregate(group)
+        if score < settings.min_score_3d:
+            continue
+        # Only the group's strong boxes draw boxes; where weak ones were the only link between strong
+        # runs, each run is a lesion of its own (the run holding the best box keeps the group's score).
+        # Weak boxes touching a strong run belong to its lesion without widening its box; the others,
+        # linked to it only through weak boxes, are candidates of their own.
+        best = group[sc[group].argmax()]
+        strong = sc[group] >= settings.box_from * sc[best]
+        core, weak = group[strong], group[~strong]
+        runs = _connected(ks, bx, core, settings)
+        if len(weak):
+            runs += _connected(ks, bx, weak[~_touches(ks, bx, weak, core, settings)], settings)
+        others = sum(len(run) for run in runs if best not in run)
+        for run in runs:
+            main = best in run
+            run_score = score if main else aggregate(run)
+            if run_score < settings.min_score_3d:
+                continue
+            k0, k1 = int(ks[run].min()), int(ks[run].max()) + 1
+            x0, y0 = np.floor(bx[run, 0].min()), np.floor(bx[run, 1].min())
+            x1, y1 = np.ceil(bx[run, 2].max()), np.ceil(bx[run, 3].max())
+            box = np.array([k0, y0, x0, k1, max(y1, y0 + 1), max(x1, x0 + 1)], dtype=int)
+            # The main lesion counts the group's boxes that no other lesion took.
+            lesions.append(Lesion3D(box, run_score, len(group) - others if main else len(run)))
+    return sorted(lesions, key=lambda les: -les.score)
+
+
+def _touches(
+    ks: np.ndarray, bx: np.ndarray, members: np.ndarray, others: np.ndarray, settings: MergeSettings
+) -> np.ndarray:
+    """For each box of ``members``: does it join (the union-find rule) any box of ``others``?"""
+    near = np.abs(ks[members][:, None] - ks[others][None, :]) <= settings.max_gap
+    return (near & (iom_2d(bx[members], bx[others]) >= settings.min_iom)).any(axis=1)
+
+
+def _connected(
+    ks: np.ndarray, bx: np.ndarray, members: np.ndarray, settings: MergeSettings
+) -> list[np.ndarray]:
+    """Union-find over the boxes ``members``: joined when at most ``max_gap`` slices apart with
+    intersection over the smaller area >= ``min_iom``. Returns sorted member arrays, one per group."""
+    parent = list(range(len(members)))
     # Compare each slice only with itself and the next max_gap slices (not all pairs of the volume).
-    by_slice: dict[int, np.ndarray] = {int(k): np.flatnonzero(ks == k) for k in np.unique(ks)}
+    by_slice: dict[int, np.ndarray] = {
+        int(k): np.flatnonzero(ks[members] == k) for k in np.unique(ks[members])
+    }
     for k, here in by_slice.items():
         there = [by_slice[k2] for k2 in range(k, k + settings.max_gap + 1) if k2 in by_slice]
         others = np.concatenate(there)
-        close = iom_2d(bx[here], bx[others]) >= settings.min_iom
+        close = iom_2d(bx[members[here]], bx[members[others]]) >= settings.min_iom
         for a_pos, b_pos in zip(*np.nonzero(close), strict=True):
-            a, b = int(here[a_pos]), int(others[b_pos])
-            ra, rb = _find(parent, a), _find(parent, b)
+            ra, rb = _find(parent, int(here[a_pos])), _find(parent, int(others[b_pos]))
             if ra != rb:
                 parent[rb] = ra
     groups: dict[int, list[int]] = {}
-    for m in range(n):
+    for m in range(len(members)):
         groups.setdefault(_find(parent, m), []).append(m)
-    lesions = []
-    for members in groups.values():
-        idx = np.asarray(members)
-        member_scores = sc[idx]
-        score = float(member_scores.mean() if settings.score == "mean" else member_scores.max())
-        if score < settings.min_score_3d:
-            continue
-        k0, k1 = int(ks[idx].min()), int(ks[idx].max()) + 1
-        x0, y0 = np.floor(bx[idx, 0].min()), np.floor(bx[idx, 1].min())
-        x1, y1 = np.ceil(bx[idx, 2].max()), np.ceil(bx[idx, 3].max())
-        box = np.array([k0, y0, x0, k1, max(y1, y0 + 1), max(x1, x0 + 1)], dtype=int)
-        lesions.append(Lesion3D(box, score, len(idx)))
-    return sorted(lesions, key=lambda les: -les.score)
+    return [np.sort(members[np.asarray(g)]) for g in groups.values()]
 
 
 def touches_liver(box_kji: np.ndarray, liver: np.ndarray) -> bool:
