@@ -134,15 +134,23 @@ def _touches(
     ks: np.ndarray, bx: np.ndarray, members: np.ndarray, others: np.ndarray, settings: MergeSettings
 ) -> np.ndarray:
     """For each box of ``members``: does it join (the union-find rule) any box of ``others``?"""
-    near = np.abs(ks[members][:, None] - ks[others][None, :]) <= settings.max_gap
-    return (near & (iom_2d(bx[members], bx[others]) >= settings.min_iom)).any(axis=1)
+    return _joins(ks, bx, members, others, settings).any(axis=1)
+
+
+def _joins(
+    ks: np.ndarray, bx: np.ndarray, a: np.ndarray, b: np.ndarray, settings: MergeSettings
+) -> np.ndarray:
+    """The joining rule, ``(len(a), len(b))``: at most ``max_gap`` slices apart and intersection over the
+    smaller area >= ``min_iom``."""
+    near = np.abs(ks[a][:, None] - ks[b][None, :]) <= settings.max_gap
+    return near & (iom_2d(bx[a], bx[b]) >= settings.min_iom)
 
 
 def _connected(
     ks: np.ndarray, bx: np.ndarray, members: np.ndarray, settings: MergeSettings
 ) -> list[np.ndarray]:
-    """Union-find over the boxes ``members``: joined when at most ``max_gap`` slices apart with
-    intersection over the smaller area >= ``min_iom``. Returns sorted member arrays, one per group."""
+    """Union-find over the boxes ``members`` with the joining rule (:func:`_joins`). Returns sorted member
+    arrays, one per group."""
     parent = list(range(len(members)))
     # Compare each slice only with itself and the next max_gap slices (not all pairs of the volume).
     by_slice: dict[int, np.ndarray] = {
@@ -151,7 +159,7 @@ def _connected(
     for k, here in by_slice.items():
         there = [by_slice[k2] for k2 in range(k, k + settings.max_gap + 1) if k2 in by_slice]
         others = np.concatenate(there)
-        close = iom_2d(bx[members[here]], bx[members[others]]) >= settings.min_iom
+        close = _joins(ks, bx, members[here], members[others], settings)
         for a_pos, b_pos in zip(*np.nonzero(close), strict=True):
             ra, rb = _find(parent, int(here[a_pos])), _find(parent, int(others[b_pos]))
             if ra != rb:
