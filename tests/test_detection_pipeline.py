@@ -40,9 +40,13 @@ def test_training_writes_artefacts_and_resumes(phantom: Path, tiny_model: Path) 
     config = json.loads((tiny_model / "config.json").read_text())
     assert config["kind"] == "lesion-detection" and config["network"]["backbone"] == "cnn2d"
     assert 0.0 <= config["val"]["val_recall_at_2fp"] <= 1.0 or np.isnan(config["val"]["val_recall_at_2fp"])
-    train_detection(phantom, tiny_model, "cnn2d", "small", epochs=2, steps_per_epoch=2, seed=4, resume=True)
+    train_detection(
+        phantom, tiny_model, "cnn2d", "small", epochs=3, steps_per_epoch=2, val_every=1, seed=4, resume=True
+    )
     log = json.loads((tiny_model / "log.json").read_text())
-    assert [row["epoch"] for row in log] == [1, 2]
+    assert [row["epoch"] for row in log] == [1, 2, 3]
+    # Epoch 2 is validated on the way (val_every=1), epoch 3 at the end.
+    assert "val_recall_at_2fp" in log[1] and "val_recall_at_2fp" in log[2]
 
 
 def test_detect_writes_boxes_in_the_input_voxel_grid(phantom: Path, tiny_model: Path, tmp_path: Path) -> None:

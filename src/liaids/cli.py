@@ -323,6 +323,9 @@ def train_detect(
     profile: Annotated[str, typer.Option(help="small (CPU) or paper (GPU).")] = "small",
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's epochs.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Override the profile's steps per epoch.")] = None,
+    val_every: Annotated[
+        int | None, typer.Option(min=0, help="Validate every N epochs (0: only at the end).")
+    ] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     cache: Annotated[
@@ -342,6 +345,7 @@ def train_detect(
             profile,
             epochs=epochs,
             steps_per_epoch=steps,
+            val_every=val_every,
             seed=seed,
             resume=resume,
             cache=cache,

@@ -60,6 +60,7 @@ class TrainConfig:
         scale_range: multi-scale training: random zoom factors.
         lesion_fraction: share of slabs centred on a lesion.
         val_fraction: share of cases kept for validation.
+        val_every: also validate after every N epochs (a learning curve in the log); 0: only at the end.
     """
 
     optimizer: str = "sgd"
@@ -73,6 +74,7 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.75, 1.25)
     lesion_fraction: float = 0.5
     val_fraction: float = 0.1
+    val_every: int = 4
 
 
 TRAIN_PROFILES: dict[str, TrainConfig] = {
@@ -82,13 +84,15 @@ TRAIN_PROFILES: dict[str, TrainConfig] = {
         lr=1e-3,
         weight_decay=0.05,
         batch=4,
-        epochs=20,
+        # Validation recall was still rising at 20 epochs (run of 12 epochs: 0.20; 20 epochs: 0.56).
+        epochs=40,
         steps_per_epoch=150,
         lr_steps=(),
         crop=160,
         scale_range=(0.8, 1.25),
         # Most liver slices hold no lesion; without this bias a short CPU run learns mostly background.
         lesion_fraction=0.7,
+        val_every=10,
     ),
 }
 
@@ -236,6 +240,7 @@ def train_detection(
     *,
     epochs: int | None = None,
     steps_per_epoch: int | None = None,
+    val_every: int | None = None,
     seed: int = 0,
     resume: bool = False,
     max_cases: int | None = None,
@@ -252,6 +257,7 @@ def train_detection(
         backbone: ``cswin3d`` (the paper's) or ``cnn2d`` (the ablation).
         profile: ``small`` or ``paper`` (network size, grid plan and optimiser settings).
         epochs, steps_per_epoch: override the profile's schedule.
+        val_every: override the profile's validation interval in epochs (0: only at the end).
         seed: seeds the split, sampling, augmentation and initialisation.
         resume: continue from ``out/last.pt``.
         max_cases: use only the first N cases (quick runs).
@@ -268,7 +274,12 @@ def train_detection(
     if profile not in TRAIN_PROFILES:
         raise LiaidsError(f"unknown profile {profile!r}; expected one of {sorted(TRAIN_PROFILES)}")
     cfg = TRAIN_PROFILES[profile]
-    cfg = replace(cfg, epochs=epochs or cfg.epochs, steps_per_epoch=steps_per_epoch or cfg.steps_per_epoch)
+    cfg = replace(
+        cfg,
+        epochs=epochs or cfg.epochs,
+        steps_per_epoch=steps_per_epoch or cfg.steps_per_epoch,
+        val_every=cfg.val_every if val_every is None else val_every,
+    )
     det_cfg, plan = detector_profile(backbone, profile), PLANS[profile]
     merge = MergeSettings()
     out = prepare_output(out, resume, reusable=("cache",))
@@ -371,6 +382,9 @@ def train_detection(
             "lr": sched.get_last_lr()[0],
             "seconds": round(time.time() - t0, 1),
         }
+        if cfg.val_every and (epoch + 1) % cfg.val_every == 0 and epoch + 1 < cfg.epochs:
+            report("validating", (epoch + 1) * cfg.steps_per_epoch / total)
+            row.update(validate(network, val_phases, det_cfg.context, merge))
         log.append(row)
         save_checkpoint(ckpt_path, network, opt, sched, epoch + 1, log, rng)
         write_log(out, log)
