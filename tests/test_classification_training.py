@@ -119,6 +119,21 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize_dataset(tmp_path_factory.mktemp("cls") / "ds", cases=2, seed=20, profile="qzh")
 
 
+def test_training_follows_a_splits_file(phantom_dataset: Path, tmp_path: Path) -> None:
+    seeded = tmp_path / "seeded"
+    train_classification(phantom_dataset, seeded, "clinical", "small", epochs=1, seed=3)
+    default = json.loads((seeded / "splits.json").read_text())
+    swapped = {"train": default["val"], "val": default["train"]}
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    out = tmp_path / "run"
+    train_classification(
+        phantom_dataset, out, "clinical", "small", epochs=1, seed=3, splits_file=tmp_path / "swapped.json"
+    )
+    assert json.loads((out / "splits.json").read_text()) == swapped
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["train_cases"] == 1 and config["training"]["val_cases"] == 1
+
+
 def test_training_writes_artefacts_resumes_and_the_model_classifies(
     phantom_dataset: Path, tmp_path: Path
 ) -> None:

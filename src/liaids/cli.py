@@ -328,6 +328,10 @@ def train_detect(
     ] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    splits_file: Annotated[
+        Path | None,
+        typer.Option(help='JSON {"train": [...], "val": [...]} of case ids (default: seeded split).'),
+    ] = None,
     cache: Annotated[
         Path | None, typer.Option(help="Grid cache folder to share between runs (default OUT/cache).")
     ] = None,
@@ -348,6 +352,7 @@ def train_detect(
             val_every=val_every,
             seed=seed,
             resume=resume,
+            splits_file=splits_file,
             cache=cache,
             workers=workers,
             device=device,
@@ -368,6 +373,10 @@ def train_classify(
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's epochs.")] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    splits_file: Annotated[
+        Path | None,
+        typer.Option(help='JSON {"train": [...], "val": [...]} of case ids (default: seeded split).'),
+    ] = None,
     cache: Annotated[
         Path | None, typer.Option(help="Patch cache folder to share between runs (default OUT).")
     ] = None,
@@ -385,6 +394,7 @@ def train_classify(
             epochs=epochs,
             seed=seed,
             resume=resume,
+            splits_file=splits_file,
             cache=cache,
             device=device,
             progress=progress,
@@ -402,6 +412,10 @@ def train_segment(
     steps: Annotated[int | None, typer.Option(min=1, help="Override the profile's steps per epoch.")] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    splits_file: Annotated[
+        Path | None,
+        typer.Option(help='JSON {"train": [...], "val": [...]} of case ids (default: seeded split).'),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Train the liver segmentation network (hybrid 2D/3D U-Net)."""
@@ -416,6 +430,7 @@ def train_segment(
             steps_per_epoch=steps,
             seed=seed,
             resume=resume,
+            splits_file=splits_file,
             device=device,
             progress=progress,
         )

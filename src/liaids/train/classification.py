@@ -2,7 +2,7 @@
 
 Steps, each leaving an artefact in the output folder so that a run can be repeated without hidden state:
 
-1. ``splits.json``: training and validation cases (seeded, by patient);
+1. ``splits.json``: training and validation cases (seeded by patient, or from a splits file);
 2. ``plan.json``: the patch plan (crop rule, patch shape, HU window);
 3. ``cache/patches_<hash>.npz``: three-phase patches of every lesion, cut once from the ground-truth
    boxes of the instance masks: copy 0 with the exact box, copies 1..n with boxes jittered as a detector
@@ -354,6 +354,7 @@ def train_classification(
     seed: int = 0,
     resume: bool = False,
     max_cases: int | None = None,
+    splits_file: str | Path | None = None,
     cache: str | Path | None = None,
     device: str = "cpu",
     progress: Callable[[str, float], None] | None = None,
@@ -369,6 +370,8 @@ def train_classification(
         seed: seeds the split, jitter, sampling, augmentation and initialisation.
         resume: continue from ``out/last.pt``.
         max_cases: use only the first N cases (quick runs).
+        splits_file: JSON file with ``train`` and ``val`` case lists (nnU-Net's custom splits); None: the
+            seeded split.
         cache: patch cache folder (default ``out/cache``); give the same folder to the runs of several
             variants to cut the patches once.
         device: ``cpu`` or ``cuda``.
@@ -402,7 +405,8 @@ def train_classification(
     rng = np.random.default_rng(seed)
 
     case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root)
+    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
+    case_ids = [c for c in case_ids if c in {*splits["train"], *splits["val"]}]
     write_json(out / "splits.json", splits)
     write_json(out / "plan.json", plan.to_dict())
 

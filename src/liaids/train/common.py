@@ -31,15 +31,28 @@ def prepare_output(out: str | Path, resume: bool, reusable: tuple[str, ...] = ()
     return out
 
 
-def split_cases(case_ids: list[str], val_fraction: float, seed: int, root: Path) -> dict[str, list[str]]:
-    """Seeded training / validation split of the cases (at least one validation case).
+def split_cases(
+    case_ids: list[str], val_fraction: float, seed: int, root: Path, splits_file: str | Path | None = None
+) -> dict[str, list[str]]:
+    """Training / validation split of the cases: seeded, or read from a file.
 
     The same seed and case list give the same split in every training module, so models trained on one
-    dataset with one seed share their held-out cases.
+    dataset with one seed share their held-out cases. A splits file (like nnU-Net's custom splits) fixes
+    the split by hand, e.g. to keep earlier validation cases held out after the dataset grew.
+
+    Args:
+        case_ids: the dataset's cases in use.
+        val_fraction: share of validation cases of the seeded split.
+        seed: seed of the split.
+        root: dataset folder (named in errors).
+        splits_file: JSON file ``{"train": [...], "val": [...]}`` of case ids; None for the seeded split.
 
     Raises:
-        LiaidsError: fewer than two cases.
+        LiaidsError: fewer than two cases; a splits file that is unreadable, lists an unknown case, puts a
+            case in both lists or leaves either list empty.
     """
+    if splits_file is not None:
+        return _read_splits(Path(splits_file), case_ids)
     if len(case_ids) < 2:
         raise LiaidsError("need at least 2 cases (training and validation)", root)
     order = np.random.default_rng(seed).permutation(len(case_ids))
@@ -48,6 +61,28 @@ def split_cases(case_ids: list[str], val_fraction: float, seed: int, root: Path)
         "val": sorted(case_ids[i] for i in order[:n_val]),
         "train": sorted(case_ids[i] for i in order[n_val:]),
     }
+
+
+def _read_splits(path: Path, case_ids: list[str]) -> dict[str, list[str]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LiaidsError(f"cannot read the splits file ({exc.__class__.__name__})", path) from exc
+    if not isinstance(data, dict):
+        raise LiaidsError("splits file must hold an object with 'train' and 'val' lists", path)
+    splits = {}
+    for key in ("train", "val"):
+        cases = data.get(key)
+        if not isinstance(cases, list) or not cases or not all(isinstance(c, str) for c in cases):
+            raise LiaidsError(f"splits file needs a non-empty list of case ids under {key!r}", path)
+        splits[key] = sorted(set(cases))
+    unknown = sorted(set(splits["train"] + splits["val"]) - set(case_ids))
+    if unknown:
+        raise LiaidsError(f"splits file lists cases not in the dataset: {', '.join(unknown[:5])}", path)
+    both = sorted(set(splits["train"]) & set(splits["val"]))
+    if both:
+        raise LiaidsError(f"splits file puts cases in both train and val: {', '.join(both[:5])}", path)
+    return {"val": splits["val"], "train": splits["train"]}
 
 
 def write_json(path: Path, data: Any) -> None:

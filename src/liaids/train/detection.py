@@ -2,7 +2,8 @@
 
 Artefacts in the output folder, so a run repeats without hidden state:
 
-1. ``splits.json`` (seeded training / validation cases) and ``plan.json`` (detection grid);
+1. ``splits.json`` (training / validation cases, seeded or from a splits file) and ``plan.json``
+   (detection grid);
 2. a cache of every case and phase on the detection grid (``cache/CASE_PHASE.npz``: uint8 image and
    int16 lesion instance labels, cropped to the liver), shared by runs that pass the same ``cache``;
 3. training on random slabs, half of them centred on a lesion, with the augmentation of the paper
@@ -244,6 +245,7 @@ def train_detection(
     seed: int = 0,
     resume: bool = False,
     max_cases: int | None = None,
+    splits_file: str | Path | None = None,
     cache: str | Path | None = None,
     workers: int = 1,
     device: str = "cpu",
@@ -261,6 +263,8 @@ def train_detection(
         seed: seeds the split, sampling, augmentation and initialisation.
         resume: continue from ``out/last.pt``.
         max_cases: use only the first N cases (quick runs).
+        splits_file: JSON file with ``train`` and ``val`` case lists (nnU-Net's custom splits); None: the
+            seeded split.
         cache: folder for the per-case grid cache (default ``out/cache``); reuse it across runs.
         workers: processes that build the cache.
         device: ``cpu`` or ``cuda``.
@@ -292,7 +296,8 @@ def train_detection(
     rng = np.random.default_rng(seed)
 
     case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root)
+    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
+    case_ids = [c for c in case_ids if c in {*splits["train"], *splits["val"]}]
     write_json(out / "splits.json", splits)
     write_json(out / "plan.json", plan.to_dict())
 

@@ -2,7 +2,7 @@
 
 Steps, each leaving a JSON artefact in the output folder so a run can be repeated without hidden state:
 
-1. ``splits.json``: training and validation cases (seeded);
+1. ``splits.json``: training and validation cases (seeded, or from a splits file);
 2. ``plan.json``: the preprocessing plan; volumes are resampled once to the model grid and kept in memory;
 3. training on random slabs (biased to the liver) with augmentation (in-plane affine, salt-and-pepper
    noise, intensity jitter), loss = cross-entropy + Dice (MONAI) on the output and the deep-supervision
@@ -210,6 +210,7 @@ def train_segmentation(
     seed: int = 0,
     resume: bool = False,
     max_cases: int | None = None,
+    splits_file: str | Path | None = None,
     device: str = "cpu",
     progress: Callable[[str, float], None] | None = None,
 ) -> Path:
@@ -223,6 +224,8 @@ def train_segmentation(
         seed: seeds the split, sampling, augmentation and initialisation.
         resume: continue from ``out/last.pt``.
         max_cases: use only the first N cases (quick runs).
+        splits_file: JSON file with ``train`` and ``val`` case lists (nnU-Net's custom splits); None: the
+            seeded split.
         device: ``cpu`` or ``cuda``.
         progress: called with a message and the fraction done.
 
@@ -243,7 +246,8 @@ def train_segmentation(
     rng = np.random.default_rng(seed)
 
     case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root)
+    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
+    case_ids = [c for c in case_ids if c in {*splits["train"], *splits["val"]}]
     write_json(out / "splits.json", splits)
     write_json(out / "plan.json", plan.to_dict())
 

@@ -1,0 +1,51 @@
+"""Case splits shared by the training modules: the seeded split and a hand-made splits file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from liaids.errors import LiaidsError
+from liaids.train.common import split_cases
+
+CASES = [f"case_{n:03d}" for n in range(20)]
+
+
+def test_seeded_split_is_repeatable_disjoint_and_complete(tmp_path: Path) -> None:
+    a = split_cases(CASES, 0.15, 7, tmp_path)
+    assert a == split_cases(CASES, 0.15, 7, tmp_path)
+    assert len(a["val"]) == 3 and sorted(a["train"] + a["val"]) == CASES
+    assert a != split_cases(CASES, 0.15, 8, tmp_path)
+
+
+def test_splits_file_overrides_the_seeded_split(tmp_path: Path) -> None:
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps({"train": CASES[5:10], "val": ["case_001", "case_000"]}))
+    splits = split_cases(CASES, 0.15, 7, tmp_path, path)
+    # Cases in neither list are left out of training and validation.
+    assert splits == {"val": ["case_000", "case_001"], "train": CASES[5:10]}
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "cannot read the splits file"),
+        ("[1, 2]", "must hold an object"),
+        (json.dumps({"train": CASES[:3], "val": []}), "non-empty list of case ids under 'val'"),
+        (json.dumps({"train": CASES[:3], "val": ["nobody"]}), "not in the dataset: nobody"),
+        (json.dumps({"train": CASES[:3], "val": CASES[2:4]}), "in both train and val: case_002"),
+    ],
+)
+def test_bad_splits_file_names_the_file_and_the_problem(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "my_splits.json"
+    path.write_text(content)
+    with pytest.raises(LiaidsError, match=problem) as err:
+        split_cases(CASES, 0.15, 7, tmp_path, path)
+    assert "my_splits.json" in str(err.value)
+
+
+def test_seeded_split_needs_two_cases(tmp_path: Path) -> None:
+    with pytest.raises(LiaidsError, match="at least 2 cases"):
+        split_cases(CASES[:1], 0.15, 7, tmp_path)
