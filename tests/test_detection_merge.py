@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from liaids.detection.merge import MergeSettings, iom_2d, merge_slices, touches_liver
+from liaids.detection.merge import (
+    MergeSettings,
+    iom_2d,
+    keep_in_liver,
+    liver_core_fraction,
+    merge_slices,
+    touches_liver,
+)
 from liaids.detection.preprocessing import (
     DetectionPlan,
     GridCrop,
@@ -102,6 +109,24 @@ def test_touches_liver() -> None:
     liver[5, 5, 5] = True
     assert touches_liver(np.array([4, 4, 4, 6, 6, 6]), liver)
     assert not touches_liver(np.array([0, 0, 0, 5, 5, 5]), liver)  # half-open: excludes index 5
+
+
+def test_liver_filter_drops_a_mimic_that_only_borders_the_liver() -> None:
+    liver = np.zeros((30, 30, 30), bool)
+    liver[:, :, :15] = True  # liver fills i < 15
+    lesion = np.array([10, 10, 5, 16, 16, 11])  # inside the liver
+    gallbladder = np.array([10, 10, 12, 16, 16, 24])  # overlaps the liver edge by 3 voxels of 12
+    assert liver_core_fraction(lesion, liver) == 1.0
+    # Core along i is 16..20: no liver there.
+    assert liver_core_fraction(gallbladder, liver) == 0.0
+    authors = MergeSettings(min_liver_core=0.0)
+    strict = MergeSettings(min_liver_core=0.3)
+    assert keep_in_liver(gallbladder, liver, authors) and not keep_in_liver(gallbladder, liver, strict)
+    assert keep_in_liver(lesion, liver, strict)
+    outside = np.array([10, 10, 20, 16, 16, 26])
+    assert not keep_in_liver(outside, liver, authors)
+    # Half the core in the liver: core along i is 13..17, liver at 13 and 14.
+    assert liver_core_fraction(np.array([0, 0, 9, 3, 3, 21]), liver) == 0.5
 
 
 def test_slice_boxes_and_slab_indices() -> None:

@@ -8,7 +8,8 @@ and chains of weak boxes join a lesion to unrelated structures slices away, whic
 sizes measured in them) up to several times the lesion. Strong runs that only weak boxes linked become
 lesions of their own, and weak boxes that no strong box touches (linked to the lesion only through other
 weak boxes) are candidates of their own, with their own score. Lesions whose box holds no liver voxel are
-dropped.
+dropped (the authors' rule), and so are those whose box's core is almost free of liver
+(``MergeSettings.min_liver_core``): the gallbladder and the IVC border the liver and look like cysts.
 
 Scoring differs from the authors' post-processing by default: they score a 3D lesion by the *mean* of
 its 2D scores and keep it when that reaches 0.2. On thin grids a lesion's first and last slices carry
@@ -37,6 +38,12 @@ class MergeSettings:
         score: ``max`` (default) or ``mean`` (the authors') of the member scores.
         box_from: boxes are drawn from the members scoring at least this fraction of the group's best
             score (0: the authors' union of all members).
+        min_liver_core: the liver filter. Every kept lesion's box holds a liver voxel (the authors'
+            rule); besides, the liver must fill at least this fraction of the box's central part (the
+            middle third along each axis), which drops the gallbladder, the IVC and other mimics that
+            only border the liver (0: the authors' rule alone). 0.1 was chosen on the 24 validation
+            cases: it kept 205 of 206 true detections of the 3D CSWin detector and raised the true
+            detections above the 2-false-positives-per-scan threshold from 87 to 94 (2D CNN: 89 to 98).
     """
 
     max_gap: int = 3
@@ -45,6 +52,7 @@ class MergeSettings:
     min_score_3d: float = 0.05
     score: str = "max"
     box_from: float = 0.5
+    min_liver_core: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -174,3 +182,26 @@ def touches_liver(box_kji: np.ndarray, liver: np.ndarray) -> bool:
     """True when the half-open box ``[k0, j0, i0, k1, j1, i1]`` holds at least one liver voxel."""
     k0, j0, i0, k1, j1, i1 = (int(v) for v in box_kji)
     return bool(liver[max(k0, 0) : k1, max(j0, 0) : j1, max(i0, 0) : i1].any())
+
+
+def liver_core_fraction(box_kji: np.ndarray, liver: np.ndarray) -> float:
+    """Share of liver voxels in the middle third (along each axis) of a half-open box.
+
+    An axis shorter than three voxels keeps its full extent; voxels beyond the volume count as not liver.
+    """
+    core = []
+    for start, stop in zip(box_kji[:3], box_kji[3:], strict=True):
+        third = (int(stop) - int(start)) // 3
+        core.append((int(start) + third, int(stop) - third))
+    size = int(np.prod([b - a for a, b in core]))
+    if size <= 0:
+        return 0.0
+    inside = liver[tuple(slice(max(a, 0), max(b, 0)) for a, b in core)]
+    return float(inside.sum()) / size
+
+
+def keep_in_liver(box_kji: np.ndarray, liver: np.ndarray, settings: MergeSettings) -> bool:
+    """The liver filter of :class:`MergeSettings`: a liver voxel in the box, and enough liver in its core."""
+    if not touches_liver(box_kji, liver):
+        return False
+    return settings.min_liver_core <= 0 or liver_core_fraction(box_kji, liver) >= settings.min_liver_core

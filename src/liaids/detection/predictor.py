@@ -1,8 +1,9 @@
 """Lesion detection on one CT volume with a trained detector.
 
 Steps: canonical orientation -> crop to the liver (plus margin) and resample to the detection grid ->
-2D detection on every grid slice with its ``2n+1``-slice slab -> 2D-to-3D merging -> lesions with no
-liver voxel dropped -> boxes mapped back to the input's own voxel indices.
+2D detection on every grid slice with its ``2n+1``-slice slab -> 2D-to-3D merging -> the liver filter
+(no liver voxel in the box, or too little liver in its core: dropped) -> boxes mapped back to the input's
+own voxel indices.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.models.detection import FasterRCNN
 
-from liaids.detection.merge import MergeSettings, merge_slices, touches_liver
+from liaids.detection.merge import MergeSettings, keep_in_liver, merge_slices
 from liaids.detection.preprocessing import (
     DetectionPlan,
     canonical_box_to_stored,
@@ -40,7 +41,7 @@ class DetectedLesion:
 
     Args:
         bbox_ijk: ``[i0, j0, k0, i1, j1, k1]``, half-open voxel indices of the input volume as stored.
-        score: detection confidence in [0, 1] (mean of the 2D scores behind it).
+        score: detection confidence in [0, 1] (by default the highest 2D score behind it).
         n_boxes: number of 2D slice detections merged into it.
     """
 
@@ -151,7 +152,7 @@ class LesionDetector:
         lesions = []
         for found in merge_slices(ks, boxes, scores, self.merge):
             box = crop.grid_to_canonical_box(found.box_kji)
-            if not touches_liver(box, liver_canonical):
+            if not keep_in_liver(box, liver_canonical, self.merge):
                 continue
             lesions.append(DetectedLesion(canonical_box_to_stored(volume, box), found.score, found.n_boxes))
         return lesions
