@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from liaids.errors import LiaidsError
-from liaids.train.common import split_cases
+from liaids.train.common import cases_in_splits, split_cases
 
 CASES = [f"case_{n:03d}" for n in range(20)]
 
@@ -26,6 +26,7 @@ def test_splits_file_overrides_the_seeded_split(tmp_path: Path) -> None:
     splits = split_cases(CASES, 0.15, 7, tmp_path, path)
     # Cases in neither list are left out of training and validation.
     assert splits == {"val": ["case_000", "case_001"], "train": CASES[5:10]}
+    assert cases_in_splits(CASES[::-1], splits) == [*CASES[9:4:-1], "case_001", "case_000"]
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,7 @@ def profile(backbone: str, name: str) -> DetectorConfig:
             rpn_pre_nms_train=1000,
             rpn_post_nms_train=500,
             # RoIAlign's backward pass runs single-threaded on a CPU and took 40 % of a training step at
-            # 256 RoIs per image; a crop holds one to three lesions, so 64 RoIs still keep every positive.
+            # 256 RoIs per image; a crop holds one to three lesions, which 64 RoIs (up to 16 positive) cover.
             box_batch=64,
         )
     return config

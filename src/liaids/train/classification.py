@@ -47,6 +47,7 @@ from liaids.errors import LiaidsError
 from liaids.model_store import save_model
 from liaids.networks.lesion_classifier import PROFILES, VARIANTS, LesionClassifierNet
 from liaids.train.common import (
+    cases_in_splits,
     prepare_output,
     restore_checkpoint,
     save_checkpoint,
@@ -406,7 +407,7 @@ def train_classification(
 
     case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
     splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
-    case_ids = [c for c in case_ids if c in {*splits["train"], *splits["val"]}]
+    case_ids = cases_in_splits(case_ids, splits)
     write_json(out / "splits.json", splits)
     write_json(out / "plan.json", plan.to_dict())
 

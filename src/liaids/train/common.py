@@ -63,6 +63,12 @@ def split_cases(
     }
 
 
+def cases_in_splits(case_ids: list[str], splits: dict[str, list[str]]) -> list[str]:
+    """The cases of ``case_ids`` the split uses, in dataset order (a splits file may leave some out)."""
+    used = {*splits["train"], *splits["val"]}
+    return [c for c in case_ids if c in used]
+
+
 def _read_splits(path: Path, case_ids: list[str]) -> dict[str, list[str]]:
     try:
         data = json.loads(path.read_text())

@@ -34,6 +34,7 @@ from liaids.networks.liver_unet import PROFILES, HybridUNet
 from liaids.segmentation.predictor import MODEL_KIND
 from liaids.segmentation.preprocessing import SegmentationPlan, masks_to_model_grid, to_model_grid
 from liaids.train.common import (
+    cases_in_splits,
     prepare_output,
     restore_checkpoint,
     save_checkpoint,
@@ -247,7 +248,7 @@ def train_segmentation(
 
     case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
     splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
-    case_ids = [c for c in case_ids if c in {*splits["train"], *splits["val"]}]
+    case_ids = cases_in_splits(case_ids, splits)
     write_json(out / "splits.json", splits)
     write_json(out / "plan.json", plan.to_dict())
 
