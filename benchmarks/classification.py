@@ -4,7 +4,8 @@ For every lesion of every case the three-phase patches are cut from the ground-t
 masks (a lesion absent from one phase's mask gets its box moved there on the liver alignment, as in
 training); optionally also from ``--jitter`` detector-like jittered boxes per lesion. Reported per model:
 7-class accuracy, macro AUC (one-vs-rest), binary malignant-vs-benign AUC and accuracy (P(HCC) + P(ICC)
-+ P(HM)), the confusion matrix (rows = truth, columns = prediction, LESION_TYPES order), and, over all
++ P(HM)), the confusion matrix (rows = truth, columns = prediction, LESION_TYPES order), accuracy by
+lesion diameter band and by appearance variant (where case.json records them), and, over all
 models, whether the ablation ordering holds (full > image > clinical; interaction >= concat).
 
 Targets for the small models on zzh lesions with ground-truth boxes: accuracy >= 0.90, macro AUC >= 0.98,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -39,15 +41,41 @@ TARGETS = {"accuracy": 0.90, "macro_auc": 0.98, "binary_auc": 0.98}
 _FIELDS = ("patches", "extents", "labels", "clinical", "lesion_ids", "copies")
 
 
+# Diameter bands (mm) for the strata: the phantom's smallest lesions (under 6 mm at 5 mm slices) are where
+# cysts and metastases become hard to tell apart.
+SIZE_BANDS = ((0.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, math.inf))
+
+
 def _samples(ds: Dataset, plan: PatchPlan, jitter: int, seed: int) -> dict[str, np.ndarray]:
-    """Patches, box extents, labels, clinical vectors, lesion ids and copy index of every lesion."""
+    """Patches, box extents, labels, clinical vectors, lesion ids, copy index, diameter (mm, NaN when the
+    case.json has none) and appearance variant (the phantom's ``variant`` field, "" when absent) of every
+    lesion."""
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {name: [] for name in _FIELDS}
+    rows: dict[str, list] = {name: [] for name in (*_FIELDS, "diameters", "variants")}
     for case_id in ds.case_ids:
+        records = {r.lesion_id: r for r in ds.read_info(case_id).lesions}
         for sample in lesion_samples(ds, case_id, plan, jitter, rng):
             for name, value in zip(_FIELDS, sample, strict=True):
                 rows[name].append(value)
+            record = records[int(sample[4])]
+            rows["diameters"].append(math.nan if record.diameter_mm is None else record.diameter_mm)
+            rows["variants"].append(str(record.extra.get("variant", "")))
     return {name: np.stack(values) for name, values in rows.items()}
+
+
+def _strata(s: dict[str, np.ndarray], correct: np.ndarray) -> dict[str, dict[str, dict[str, float]]]:
+    """Seven-class accuracy by diameter band and by appearance variant (exact boxes only)."""
+    exact = s["copies"] == 0
+    out: dict[str, dict[str, dict[str, float]]] = {"diameter_mm": {}, "variant": {}}
+    groups = [
+        ("diameter_mm", f"{lo:g}-{hi:g}", (s["diameters"] >= lo) & (s["diameters"] < hi))
+        for lo, hi in SIZE_BANDS
+    ] + [("variant", v, s["variants"] == v) for v in sorted(set(s["variants"][exact].tolist())) if v]
+    for kind, name, member in groups:
+        sel = exact & member
+        if sel.any():
+            out[kind][name] = {"n": int(sel.sum()), "accuracy": round(float(correct[sel].mean()), 4)}
+    return out
 
 
 def evaluate(data: Path, weights: list[Path], jitter: int, seed: int) -> dict[str, Any]:
@@ -69,6 +97,7 @@ def evaluate(data: Path, weights: list[Path], jitter: int, seed: int) -> dict[st
             "best_epoch": model.config.get("best_epoch"),
             "weights_mb": round((Path(name) / "model.pt").stat().st_size / 1e6, 3),
             "truth_boxes": lesion_metrics(s["labels"][exact], probs[exact]),
+            "truth_boxes_by_stratum": _strata(s, probs.argmax(1) == s["labels"]),
         }
         if (~exact).any():
             entry["jittered_boxes"] = lesion_metrics(s["labels"][~exact], probs[~exact])
