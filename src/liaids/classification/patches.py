@@ -8,8 +8,8 @@ Boxes: ``bbox_ijk = (i0, j0, k0, i1, j1, k1)``, half-open voxel indices of one p
 Crop rule (the authors' code, made spacing-independent):
 
 * in-plane: a square around the box centre, side = ``box_scale`` (1.5) x the longer box side, at least
-  ``min_side_mm`` (45 mm = the reference 64 pixels at ~0.7 mm). Square so that a lesion's shape is not
-  distorted when the crop is resampled to the square patch;
+  ``min_side_mm`` (45 mm = the reference 64 pixels at ~0.7 mm; 24 mm for ``small``). Square so that a
+  lesion's shape is not distorted when the crop is resampled to the square patch;
 * depth: the box's slices plus ``4 x (5 / slice spacing)`` slices when the spacing is under 5 mm, else
   plus 4 slices (about 10 mm of context above and below), half on each side;
 * the crop is resampled to the plan's patch shape (linear interpolation, Gaussian pre-smoothing along axes
@@ -68,7 +68,10 @@ class PatchPlan:
 
 PATCH_PLANS: dict[str, PatchPlan] = {
     "paper": PatchPlan(shape=(16, 64, 64)),
-    "small": PatchPlan(shape=(8, 48, 48)),
+    # 24 mm minimum: at 45 mm a 4 mm lesion spans 4 of the 48 columns, 2 after the stem. On 255 zzh lesions
+    # (ground-truth boxes), trained on the same 480 cases, the 24 mm crop (with 40 instead of 30 epochs)
+    # raised accuracy under 6 mm from 0.39 to 0.50 and overall from 0.76 to 0.80.
+    "small": PatchPlan(shape=(8, 48, 48), min_side_mm=24.0),
 }
 
 

@@ -91,7 +91,7 @@ class TrainConfig:
 TRAIN_PROFILES: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
     "small": TrainConfig(
-        optimizer="adamw", lr=2e-3, weight_decay=1e-4, lr_step_epochs=20, epochs=30, batch=16, jitter_copies=4
+        optimizer="adamw", lr=2e-3, weight_decay=1e-4, lr_step_epochs=25, epochs=40, batch=16, jitter_copies=4
     ),
 }
 
