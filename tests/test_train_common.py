@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from liaids.errors import LiaidsError
-from liaids.train.common import cases_in_splits, split_cases
+from liaids.train.common import cases_in_splits, split_and_record, split_cases
 
 CASES = [f"case_{n:03d}" for n in range(20)]
 
@@ -50,3 +50,20 @@ def test_bad_splits_file_names_the_file_and_the_problem(tmp_path: Path, content:
 def test_seeded_split_needs_two_cases(tmp_path: Path) -> None:
     with pytest.raises(LiaidsError, match="at least 2 cases"):
         split_cases(CASES[:1], 0.15, 7, tmp_path)
+
+
+def test_split_and_record_writes_the_split_and_plan_and_keeps_dataset_order(tmp_path: Path) -> None:
+    splits_file = tmp_path / "given.json"
+    splits_file.write_text(json.dumps({"train": ["case_004", "case_002"], "val": ["case_000"]}))
+    out = tmp_path / "run"
+    out.mkdir()
+    used, splits = split_and_record(
+        out, CASES, {"pixel_mm": 3.0}, val_fraction=0.2, seed=0, root=tmp_path, splits_file=splits_file
+    )
+    assert used == ["case_000", "case_002", "case_004"]
+    assert json.loads((out / "splits.json").read_text()) == splits
+    assert json.loads((out / "plan.json").read_text()) == {"pixel_mm": 3.0}
+    # max_cases takes the first cases before the seeded split.
+    used, splits = split_and_record(out, CASES, {}, val_fraction=0.2, seed=0, root=tmp_path, max_cases=5)
+    assert used == CASES[:5] and len(splits["val"]) == 1
+    assert json.loads((out / "splits.json").read_text()) == splits

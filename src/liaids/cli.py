@@ -417,6 +417,7 @@ def train_segment(
         typer.Option(help='JSON {"train": [...], "val": [...]} of case ids (default: seeded split).'),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    workers: Annotated[int, typer.Option(min=1, help="Threads that read and resample the cases.")] = 1,
 ) -> None:
     """Train the liver segmentation network (hybrid 2D/3D U-Net)."""
     from liaids.train.segmentation import train_segmentation
@@ -432,6 +433,7 @@ def train_segment(
             resume=resume,
             splits_file=splits_file,
             device=device,
+            workers=workers,
             progress=progress,
         )
     )

@@ -47,12 +47,10 @@ from liaids.errors import LiaidsError
 from liaids.model_store import save_model
 from liaids.networks.lesion_classifier import PROFILES, VARIANTS, LesionClassifierNet
 from liaids.train.common import (
-    cases_in_splits,
     prepare_output,
     restore_checkpoint,
     save_checkpoint,
-    split_cases,
-    write_json,
+    split_and_record,
     write_log,
 )
 
@@ -405,11 +403,16 @@ def train_classification(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
-    case_ids = cases_in_splits(case_ids, splits)
-    write_json(out / "splits.json", splits)
-    write_json(out / "plan.json", plan.to_dict())
+    case_ids, splits = split_and_record(
+        out,
+        list(ds.case_ids),
+        plan.to_dict(),
+        val_fraction=cfg.val_fraction,
+        seed=seed,
+        root=ds.root,
+        splits_file=splits_file,
+        max_cases=max_cases,
+    )
 
     # The clinical variant needs no image: without a shared cache it reads only case.json.
     use_plan = plan if (net_cfg.uses_image or cache) else None

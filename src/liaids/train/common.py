@@ -69,6 +69,37 @@ def cases_in_splits(case_ids: list[str], splits: dict[str, list[str]]) -> list[s
     return [c for c in case_ids if c in used]
 
 
+def split_and_record(
+    out: Path,
+    case_ids: list[str],
+    plan: dict[str, Any],
+    *,
+    val_fraction: float,
+    seed: int,
+    root: Path,
+    splits_file: str | Path | None = None,
+    max_cases: int | None = None,
+) -> tuple[list[str], dict[str, list[str]]]:
+    """The first steps every trainer shares: choose the cases, split them, write ``splits.json`` and
+    ``plan.json`` into ``out`` so the run can be repeated.
+
+    Args:
+        out: output folder of the run.
+        case_ids: all of the dataset's cases, in dataset order.
+        plan: the preprocessing plan as a dictionary.
+        val_fraction, seed, root, splits_file: as for :func:`split_cases`.
+        max_cases: use only the first N cases (quick runs); None for all.
+
+    Returns:
+        The cases the split uses (dataset order) and the split.
+    """
+    case_ids = case_ids[:max_cases] if max_cases else list(case_ids)
+    splits = split_cases(case_ids, val_fraction, seed, root, splits_file)
+    write_json(out / "splits.json", splits)
+    write_json(out / "plan.json", plan)
+    return cases_in_splits(case_ids, splits), splits
+
+
 def _read_splits(path: Path, case_ids: list[str]) -> dict[str, list[str]]:
     try:
         data = json.loads(path.read_text())

@@ -36,11 +36,10 @@ from liaids.model_store import save_model
 from liaids.networks.lesion_detector import BACKBONES, build_detector
 from liaids.networks.lesion_detector import profile as detector_profile
 from liaids.train.common import (
-    cases_in_splits,
     prepare_output,
     restore_checkpoint,
     save_checkpoint,
-    split_cases,
+    split_and_record,
     write_json,
     write_log,
 )
@@ -297,11 +296,16 @@ def train_detection(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
-    case_ids = cases_in_splits(case_ids, splits)
-    write_json(out / "splits.json", splits)
-    write_json(out / "plan.json", plan.to_dict())
+    case_ids, splits = split_and_record(
+        out,
+        list(ds.case_ids),
+        plan.to_dict(),
+        val_fraction=cfg.val_fraction,
+        seed=seed,
+        root=ds.root,
+        splits_file=splits_file,
+        max_cases=max_cases,
+    )
 
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,10 @@ from liaids.networks.liver_unet import PROFILES, HybridUNet
 from liaids.segmentation.predictor import MODEL_KIND
 from liaids.segmentation.preprocessing import SegmentationPlan, masks_to_model_grid, to_model_grid
 from liaids.train.common import (
-    cases_in_splits,
     prepare_output,
     restore_checkpoint,
     save_checkpoint,
-    split_cases,
-    write_json,
+    split_and_record,
     write_log,
 )
 
@@ -90,22 +89,38 @@ class _Volume:
     liver_k: tuple[int, int]
 
 
-def _prepare(
-    ds: Dataset, case_ids: list[str], plan: SegmentationPlan, progress: Callable[[str], None]
-) -> list[_Volume]:
+def _prepare_case(ds: Dataset, case_id: str, plan: SegmentationPlan) -> list[_Volume]:
+    case = ds.load_case(case_id)
     out = []
-    for case_id in case_ids:
-        case = ds.load_case(case_id)
-        for p in PHASES:
-            canon = case.study[p].to_canonical()
-            liver = case.study[p].with_array(case.liver[p].array).to_canonical().array > 0
-            lesion = case.study[p].with_array(case.lesions[p].array).to_canonical().array > 0
-            image, mapping = to_model_grid(canon, plan)
-            target = masks_to_model_grid([liver | lesion, lesion], mapping)
-            ks = np.nonzero(target[0].numpy().any(axis=(1, 2)))[0]
-            span = (int(ks[0]), int(ks[-1])) if len(ks) else (0, image.shape[1] - 1)
-            out.append(_Volume(case_id, p, image.half(), target, span))
-        progress(case_id)
+    for p in PHASES:
+        canon = case.study[p].to_canonical()
+        liver = case.study[p].with_array(case.liver[p].array).to_canonical().array > 0
+        lesion = case.study[p].with_array(case.lesions[p].array).to_canonical().array > 0
+        image, mapping = to_model_grid(canon, plan)
+        target = masks_to_model_grid([liver | lesion, lesion], mapping)
+        ks = np.nonzero(target[0].numpy().any(axis=(1, 2)))[0]
+        span = (int(ks[0]), int(ks[-1])) if len(ks) else (0, image.shape[1] - 1)
+        out.append(_Volume(case_id, p, image.half(), target, span))
+    return out
+
+
+def _prepare(
+    ds: Dataset,
+    case_ids: list[str],
+    plan: SegmentationPlan,
+    progress: Callable[[str], None],
+    workers: int = 1,
+) -> list[_Volume]:
+    """Every phase of the cases on the model grid, in case order.
+
+    Threads suffice for ``workers``: gzip decompression and torch's resampling release the GIL.
+    """
+    out: list[_Volume] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        prepared = pool.map(lambda c: _prepare_case(ds, c, plan), case_ids)
+        for case_id, vols in zip(case_ids, prepared, strict=True):
+            out.extend(vols)
+            progress(case_id)
     return out
 
 
@@ -181,6 +196,7 @@ def _deep_loss(
 @torch.no_grad()
 def _validate(net: HybridUNet, vols: list[_Volume]) -> dict[str, float]:
     net.eval()
+    device = next(net.parameters()).device
     dices: dict[str, list[float]] = {"liver": [], "lesion": []}
     for v in vols:
         image = v.image.float()
@@ -188,7 +204,13 @@ def _validate(net: HybridUNet, vols: list[_Volume]) -> dict[str, float]:
         if depth < net.config.slab:
             image = F.pad(image, (0, 0, 0, 0, 0, net.config.slab - depth), value=-1.0)
         logits = sliding_window_inference(
-            image[None], (net.config.slab, *image.shape[2:]), sw_batch_size=16, predictor=net, overlap=0.25
+            image[None],
+            (net.config.slab, *image.shape[2:]),
+            sw_batch_size=16,
+            predictor=net,
+            overlap=0.25,
+            sw_device=device,
+            device="cpu",
         )[0, :, :depth]
         pred = logits > 0
         truth = v.target.bool()
@@ -213,6 +235,7 @@ def train_segmentation(
     max_cases: int | None = None,
     splits_file: str | Path | None = None,
     device: str = "cpu",
+    workers: int = 1,
     progress: Callable[[str, float], None] | None = None,
 ) -> Path:
     """Train the liver segmentation network on a dataset in the LiAIDS format.
@@ -228,6 +251,7 @@ def train_segmentation(
         splits_file: JSON file with ``train`` and ``val`` case lists (nnU-Net's custom splits); None: the
             seeded split.
         device: ``cpu`` or ``cuda``.
+        workers: threads that read and resample the cases before training.
         progress: called with a message and the fraction done.
 
     Returns:
@@ -246,11 +270,16 @@ def train_segmentation(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    case_ids = ds.case_ids[:max_cases] if max_cases else list(ds.case_ids)
-    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
-    case_ids = cases_in_splits(case_ids, splits)
-    write_json(out / "splits.json", splits)
-    write_json(out / "plan.json", plan.to_dict())
+    case_ids, splits = split_and_record(
+        out,
+        list(ds.case_ids),
+        plan.to_dict(),
+        val_fraction=cfg.val_fraction,
+        seed=seed,
+        root=ds.root,
+        splits_file=splits_file,
+        max_cases=max_cases,
+    )
 
     done = [0]
 
@@ -258,8 +287,8 @@ def train_segmentation(
         done[0] += 1
         report(f"preparing {case_id}", done[0] / len(case_ids))
 
-    train_vols = _prepare(ds, splits["train"], plan, prep_progress)
-    val_vols = _prepare(ds, splits["val"], plan, prep_progress)
+    train_vols = _prepare(ds, splits["train"], plan, prep_progress, workers)
+    val_vols = _prepare(ds, splits["val"], plan, prep_progress, workers)
 
     net = HybridUNet(net_cfg).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
