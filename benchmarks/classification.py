@@ -48,10 +48,10 @@ SIZE_BANDS = ((0.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, math.inf))
 
 def _samples(ds: Dataset, plan: PatchPlan, jitter: int, seed: int) -> dict[str, np.ndarray]:
     """Patches, box extents, labels, clinical vectors, lesion ids, copy index, diameter (mm, NaN when the
-    case.json has none) and appearance variant (the phantom's ``variant`` field, "" when absent) of every
-    lesion."""
+    case.json has none), appearance variant (the phantom's ``variant`` field, "" when absent) and case id
+    of every lesion."""
     rng = np.random.default_rng(seed)
-    rows: dict[str, list] = {name: [] for name in (*_FIELDS, "diameters", "variants")}
+    rows: dict[str, list] = {name: [] for name in (*_FIELDS, "diameters", "variants", "cases")}
     for case_id in ds.case_ids:
         records = {r.lesion_id: r for r in ds.read_info(case_id).lesions}
         for sample in lesion_samples(ds, case_id, plan, jitter, rng):
@@ -60,6 +60,7 @@ def _samples(ds: Dataset, plan: PatchPlan, jitter: int, seed: int) -> dict[str, 
             record = records[int(sample[4])]
             rows["diameters"].append(math.nan if record.diameter_mm is None else record.diameter_mm)
             rows["variants"].append(str(record.extra.get("variant", "")))
+            rows["cases"].append(case_id)
     return {name: np.stack(values) for name, values in rows.items()}
 
 
@@ -102,6 +103,19 @@ def evaluate(data: Path, weights: list[Path], jitter: int, seed: int) -> dict[st
         if (~exact).any():
             entry["jittered_boxes"] = lesion_metrics(s["labels"][~exact], probs[~exact])
         entry["meets_targets"] = {k: bool(entry["truth_boxes"][k] >= v) for k, v in TARGETS.items()}
+        if model.context.weight > 0:
+            # The pipeline's answer: each lesion read with the same patient's other lesions (context.json).
+            ctx = model.context.apply(probs[exact], s["cases"][exact])
+            entry["patient_context"] = {
+                **model.context.to_dict(),
+                "truth_boxes": lesion_metrics(s["labels"][exact], ctx),
+                "truth_boxes_by_stratum": _strata(
+                    {k: v[exact] for k, v in s.items()}, ctx.argmax(1) == s["labels"][exact]
+                ),
+            }
+            entry["patient_context"]["meets_targets"] = {
+                k: bool(entry["patient_context"]["truth_boxes"][k] >= v) for k, v in TARGETS.items()
+            }
         results[name] = entry
     ordering = {}
     for metric in ("accuracy", "macro_auc"):

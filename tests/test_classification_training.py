@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_training_artefacts
+from liaids.classification.context import PatientContext, save_patient_context
 from liaids.classification.matching import match_lesions
 from liaids.classification.patches import boxes_from_instances
 from liaids.classification.predictor import LesionClassifier, clinical_vector, lesion_metrics
@@ -178,6 +179,17 @@ def test_clinical_variant_reads_no_images_and_wrong_model_kinds_are_refused(
     clf = LesionClassifier.from_weights(out)
     [pred] = clf.classify({}, [{}], CLINICAL)  # no image needed
     assert pred.image_features is None and sum(pred.probabilities.values()) == pytest.approx(1.0)
+    assert pred.lesion_probabilities is None and clf.context.weight == 0  # no context.json
+    # With a patient context, two lesions of one study read each other: identical lesions sharpen.
+    save_patient_context(out, PatientContext(1.0), {})
+    clf = LesionClassifier.from_weights(out)
+    first, second = clf.classify({}, [{}, {}], CLINICAL)
+    assert first.lesion_probabilities == pytest.approx(pred.probabilities, abs=1e-6)
+    top = max(pred.probabilities, key=pred.probabilities.__getitem__)
+    assert first.probabilities[top] > pred.probabilities[top] and first.probabilities == second.probabilities
+    assert sum(first.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    [alone] = clf.classify({}, [{}], CLINICAL)
+    assert alone.lesion_probabilities is None and alone.probabilities == pytest.approx(pred.probabilities)
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "kind": "liver-segmentation"}))
     with pytest.raises(ModelLoadError, match="expected a lesion-classification model"):

@@ -144,6 +144,7 @@ def test_report_json_content(diagnosis: Diagnosis) -> None:
     assert first["type"] == "HCC" and first["category"] == "malignant" and first["malignant_type"]
     assert sum(first["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert first["malignant_probability"] == pytest.approx(0.8)
+    assert first["lesion_probabilities"] is None  # no patient context applied
     assert first["found_in"] == ["ART", "PV"] and first["phases"]["NC"]["found"] is False
     assert first["phases"]["ART"]["bbox_ijk"] == [20, 40, 3, 30, 52, 7]
     ph = report["phases"]["ART"]
@@ -205,6 +206,15 @@ def test_report_folder_and_offline_html(diagnosis: Diagnosis, tmp_path: Path) ->
     for code in LESION_TYPES:
         assert f"<span>{code}</span>" in html  # one probability bar per type
     assert "width:70.0%" in html  # the HCC bar of lesion 1
+
+
+def test_html_says_when_the_patient_context_changed_the_probabilities(diagnosis: Diagnosis) -> None:
+    report = build_report(diagnosis)
+    assert "this lesion alone" not in render_html(report, {})
+    alone = {"HCC": 0.2, "ICC": 0.1, "HM": 0.6, "FNH": 0.05, "HH": 0.05, "HC": 0.0, "HA": 0.0}
+    report["lesions"][0]["lesion_probabilities"] = alone
+    html = render_html(report, {})
+    assert "other lesions; this lesion alone: HM 60.0 %" in html
 
 
 def test_html_without_lesions(diagnosis: Diagnosis) -> None:

@@ -11,13 +11,14 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from liaids.classification.context import PatientContext, load_patient_context
 from liaids.classification.matching import MatchedLesion
 from liaids.classification.patches import PatchPlan, extract_lesion_patches
 from liaids.clinical import ClinicalInfo
@@ -61,12 +62,15 @@ class LesionPrediction:
         lesion_type: the most probable type.
         malignant_probability: P(HCC) + P(ICC) + P(HM).
         image_features: the image feature vector (``image_dim``), None for the clinical-only variant.
+        lesion_probabilities: the probabilities from this lesion alone, when the patient context
+            (:mod:`liaids.classification.context`) changed them; None otherwise.
     """
 
     probabilities: dict[str, float]
     lesion_type: str
     malignant_probability: float
     image_features: np.ndarray | None
+    lesion_probabilities: dict[str, float] | None = None
 
     def to_dict(self, with_features: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -74,6 +78,8 @@ class LesionPrediction:
             "malignant_probability": self.malignant_probability,
             "probabilities": self.probabilities,
         }
+        if self.lesion_probabilities is not None:
+            out["lesion_probabilities"] = self.lesion_probabilities
         if with_features and self.image_features is not None:
             out["image_features"] = [round(float(v), 6) for v in self.image_features]
         return out
@@ -87,6 +93,7 @@ class LesionClassifier:
     plan: PatchPlan
     config: dict[str, Any]
     device: torch.device
+    context: PatientContext = field(default_factory=PatientContext)
 
     @classmethod
     def from_weights(cls, folder: str | Path | None = None, device: str = "cpu") -> LesionClassifier:
@@ -118,7 +125,7 @@ class LesionClassifier:
             ) from exc
         dev = torch.device(device)
         network.to(dev).eval()
-        return cls(network, plan, config, dev)
+        return cls(network, plan, config, dev, load_patient_context(path))
 
     @property
     def variant(self) -> str:
@@ -195,7 +202,10 @@ class LesionClassifier:
         patches = extents = None
         if self.network.config.uses_image:
             patches, extents = extract_lesion_patches(volumes, boxes, self.plan)
-        probs, feats = self.predict(patches, vec, extents)
+        own, feats = self.predict(patches, vec, extents)
+        # One study is one patient: its lesions are each other's context.
+        probs = self.context.apply(own)
+        changed = self.context.weight > 0 and len(boxes) > 1
         malignant = malignant_probability(torch.from_numpy(probs)).numpy()
         return [
             LesionPrediction(
@@ -203,6 +213,9 @@ class LesionClassifier:
                 lesion_type=LESION_TYPES[int(np.argmax(probs[n]))],
                 malignant_probability=float(malignant[n]),
                 image_features=None if feats is None else feats[n],
+                lesion_probabilities=(
+                    {t: float(p) for t, p in zip(LESION_TYPES, own[n], strict=True)} if changed else None
+                ),
             )
             for n in range(len(boxes))
         ]

@@ -138,6 +138,18 @@ def _summary_table(lesions: list[Mapping[str, Any]]) -> str:
     )
 
 
+def _context_note(lesion: Mapping[str, Any]) -> str:
+    """When the probabilities were weighed with the patient's other lesions: what this one alone gave."""
+    own = lesion.get("lesion_probabilities")
+    if not own:
+        return ""
+    top = max(LESION_TYPES, key=lambda code: float(own.get(code) or 0.0))
+    return (
+        '<div class="muted">Read with the patient\'s other lesions; this lesion alone: '
+        f"{_e(top)} {_fmt(100.0 * float(own[top]), 1, ' %')}</div>"
+    )
+
+
 def _lesion_card(lesion: Mapping[str, Any], images: Mapping[str, bytes] | None) -> str:
     captions = phase_captions({p: lesion["phases"][p]["found"] for p in PHASES})
     lid = lesion["id"]
@@ -160,7 +172,7 @@ def _lesion_card(lesion: Mapping[str, Any], images: Mapping[str, bytes] | None) 
         f'<div class="lesion"><div class="views">{views}</div>'
         f'<div class="bars"><div><strong>Malignant probability '
         f"{_fmt(100.0 * lesion['malignant_probability'], 1, ' %')}</strong></div>"
-        f"{_bars(lesion['probabilities'])}"
+        f"{_bars(lesion['probabilities'])}{_context_note(lesion)}"
         f'<div class="muted">Diameter {_fmt(lesion["diameter_mm"], 1, " mm")}, volume '
         f"{_fmt(lesion['volume_ml'], 2, ' ml')} (measured in {_e(lesion['measured_in'])}); "
         f"detection score {_fmt(lesion['detection_score'], 2)}</div></div></div>"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from liaids.pipeline.diagnose import Diagnosis, LesionFinding
 
 SCHEMA = "liaids.diagnosis"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 #: Lesion voxels of the instance masks, as written into report.json.
 LESION_MASK_RULE = (
     "voxels of the lesion's box labelled lesion (2) by the liver segmentation of that phase; the whole box "
@@ -83,6 +83,7 @@ def _lesion_entry(finding: LesionFinding) -> dict[str, Any]:
             "volume_ml": _round(m.volume_ml, 3),
             "diameter_mm": _round(m.diameter_mm, 1),
         }
+    own = pred.lesion_probabilities
     return {
         "id": finding.lesion_id,
         "type": pred.lesion_type,
@@ -90,6 +91,7 @@ def _lesion_entry(finding: LesionFinding) -> dict[str, Any]:
         "malignant_type": is_malignant(pred.lesion_type),
         "category": finding.category,
         "probabilities": {t: _round(pred.probabilities[t]) for t in LESION_TYPES},
+        "lesion_probabilities": None if own is None else {t: _round(own[t]) for t in LESION_TYPES},
         "malignant_probability": _round(pred.malignant_probability),
         "detection_score": _round(finding.match.score),
         "diameter_mm": _round(finding.diameter_mm, 1),
