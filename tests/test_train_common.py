@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -53,17 +54,17 @@ def test_seeded_split_needs_two_cases(tmp_path: Path) -> None:
 
 
 def test_split_and_record_writes_the_split_and_plan_and_keeps_dataset_order(tmp_path: Path) -> None:
+    # The helper reads only the dataset's case order and folder.
+    ds = SimpleNamespace(case_ids=CASES, root=tmp_path)
     splits_file = tmp_path / "given.json"
     splits_file.write_text(json.dumps({"train": ["case_004", "case_002"], "val": ["case_000"]}))
     out = tmp_path / "run"
     out.mkdir()
-    used, splits = split_and_record(
-        out, CASES, {"pixel_mm": 3.0}, val_fraction=0.2, seed=0, root=tmp_path, splits_file=splits_file
-    )
+    used, splits = split_and_record(out, ds, {"pixel_mm": 3.0}, 0.2, 0, splits_file)
     assert used == ["case_000", "case_002", "case_004"]
     assert json.loads((out / "splits.json").read_text()) == splits
     assert json.loads((out / "plan.json").read_text()) == {"pixel_mm": 3.0}
     # max_cases takes the first cases before the seeded split.
-    used, splits = split_and_record(out, CASES, {}, val_fraction=0.2, seed=0, root=tmp_path, max_cases=5)
+    used, splits = split_and_record(out, ds, {}, 0.2, 0, max_cases=5)
     assert used == CASES[:5] and len(splits["val"]) == 1
     assert json.loads((out / "splits.json").read_text()) == splits

@@ -404,14 +404,7 @@ def train_classification(
     rng = np.random.default_rng(seed)
 
     case_ids, splits = split_and_record(
-        out,
-        list(ds.case_ids),
-        plan.to_dict(),
-        val_fraction=cfg.val_fraction,
-        seed=seed,
-        root=ds.root,
-        splits_file=splits_file,
-        max_cases=max_cases,
+        out, ds, plan.to_dict(), cfg.val_fraction, seed, splits_file, max_cases
     )
 
     # The clinical variant needs no image: without a shared cache it reads only case.json.

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
 
 
@@ -71,12 +72,10 @@ def cases_in_splits(case_ids: list[str], splits: dict[str, list[str]]) -> list[s
 
 def split_and_record(
     out: Path,
-    case_ids: list[str],
+    ds: Dataset,
     plan: dict[str, Any],
-    *,
     val_fraction: float,
     seed: int,
-    root: Path,
     splits_file: str | Path | None = None,
     max_cases: int | None = None,
 ) -> tuple[list[str], dict[str, list[str]]]:
@@ -85,16 +84,16 @@ def split_and_record(
 
     Args:
         out: output folder of the run.
-        case_ids: all of the dataset's cases, in dataset order.
+        ds: the dataset (its cases in dataset order; its folder is named in errors).
         plan: the preprocessing plan as a dictionary.
-        val_fraction, seed, root, splits_file: as for :func:`split_cases`.
+        val_fraction, seed, splits_file: as for :func:`split_cases`.
         max_cases: use only the first N cases (quick runs); None for all.
 
     Returns:
         The cases the split uses (dataset order) and the split.
     """
-    case_ids = case_ids[:max_cases] if max_cases else list(case_ids)
-    splits = split_cases(case_ids, val_fraction, seed, root, splits_file)
+    case_ids = list(ds.case_ids[:max_cases] if max_cases else ds.case_ids)
+    splits = split_cases(case_ids, val_fraction, seed, ds.root, splits_file)
     write_json(out / "splits.json", splits)
     write_json(out / "plan.json", plan)
     return cases_in_splits(case_ids, splits), splits

@@ -271,14 +271,7 @@ def train_segmentation(
     rng = np.random.default_rng(seed)
 
     case_ids, splits = split_and_record(
-        out,
-        list(ds.case_ids),
-        plan.to_dict(),
-        val_fraction=cfg.val_fraction,
-        seed=seed,
-        root=ds.root,
-        splits_file=splits_file,
-        max_cases=max_cases,
+        out, ds, plan.to_dict(), cfg.val_fraction, seed, splits_file, max_cases
     )
 
     done = [0]
