@@ -57,9 +57,14 @@ def _summarise(matches: list, seconds: list[float]) -> dict:
 
 
 def accuracy(
-    data: Path, weights: Path | None, liver_source: str, phases: list[str], max_cases: int | None
+    data: Path,
+    weights: Path | None,
+    liver_source: str,
+    phases: list[str],
+    max_cases: int | None,
+    candidate_filter: bool = True,
 ) -> dict:
-    detector = LesionDetector.load(weights)
+    detector = LesionDetector.load(weights, candidate_filter=candidate_filter)
     segmenter = None
     if liver_source == "model":
         from liaids.segmentation.predictor import LiverSegmenter
@@ -95,13 +100,13 @@ def accuracy(
     }
 
 
-def ircadb(shared: Path, weights: Path | None) -> dict:
+def ircadb(shared: Path, weights: Path | None, candidate_filter: bool = True) -> dict:
     from liaids.io import read_dicom_series
     from liaids.segmentation.predictor import LiverSegmenter
 
     root = shared / "ircadb-17"
     ct = read_dicom_series(root / "PATIENT_DICOM")
-    detector = LesionDetector.load(weights)
+    detector = LesionDetector.load(weights, candidate_filter=candidate_filter)
     out: dict = {"case": "3D-IRCADb-01 patient 17 (portal venous, real)", "detector": detector.source}
     tumours = [read_dicom_series(root / "MASKS_DICOM" / f"livertumor{n}").array > 0 for n in (1, 2)]
     gt = np.stack([truth_boxes(t.astype(np.int16))[1][0] for t in tumours])
@@ -132,7 +137,7 @@ def ircadb(shared: Path, weights: Path | None) -> dict:
     return out
 
 
-def speed(weights: Path | None, repeats: int) -> dict:
+def speed(weights: Path | None, repeats: int, candidate_filter: bool = True) -> dict:
     from liaids.phantom.profiles import load_profile
     from liaids.phantom.synthesize import synthesize_case
     from liaids.segmentation.predictor import LiverSegmenter
@@ -146,7 +151,7 @@ def speed(weights: Path | None, repeats: int) -> dict:
         arr = np.concatenate([arr, np.full((64 - k, 512, 512), -1000, arr.dtype)])
         liver = np.concatenate([liver, np.zeros((64 - k, 512, 512), liver.dtype)])
     vol = Volume(arr, case.study["PV"].spacing, case.study["PV"].origin)
-    detector = LesionDetector.load(weights)
+    detector = LesionDetector.load(weights, candidate_filter=candidate_filter)
     segmenter = LiverSegmenter.load()
     detector.detect(vol, liver)  # warm-up
     given, with_seg = [], []
@@ -178,14 +183,16 @@ def main() -> None:
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-filter", action="store_true", help="ignore the detector's candidate filter")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
+    use_filter = not a.no_filter
     if a.what == "accuracy":
-        result = accuracy(a.data, a.weights, a.liver, a.phases.split(","), a.max_cases)
+        result = accuracy(a.data, a.weights, a.liver, a.phases.split(","), a.max_cases, use_filter)
     elif a.what == "ircadb":
-        result = ircadb(a.shared, a.weights)
+        result = ircadb(a.shared, a.weights, use_filter)
     else:
-        result = speed(a.weights, a.repeats)
+        result = speed(a.weights, a.repeats, use_filter)
     emit(result, a.out, {k: v for k, v in result.items() if k not in ("lesions", "detections")})
 
 

@@ -147,3 +147,116 @@ def test_liver_mask_of_other_geometry_is_refused(phantom: Path, tiny_model: Path
     with pytest.raises(LiaidsError, match="geometry differs"):
         detect(case_dir / "image_PV.nii.gz", tmp_path / "d.json", tmp_path / "liver.nii.gz", tiny_model)
     assert not (tmp_path / "d.json").exists()
+
+
+def _keep_everything(detector: LesionDetector) -> LesionDetector:
+    """The detector with its score floors at 0, so a barely trained model still proposes candidates."""
+    detector.network.roi_heads.score_thresh = 0.0
+    return LesionDetector(
+        detector.network,
+        detector.config,
+        detector.plan,
+        type(detector.merge)(min_score_3d=0.0, min_score_2d=0.0),
+        detector.device,
+        detector.source,
+    )
+
+
+def test_candidates_are_labelled_by_the_hit_rule(phantom: Path, tiny_model: Path) -> None:
+    from liaids.detection.candidates import CandidatePatchPlan
+    from liaids.evaluate.detection import is_hit
+    from liaids.train.candidate_filter import collect_case
+
+    ds = Dataset(phantom)
+    detector = _keep_everything(LesionDetector.load(tiny_model, candidate_filter=False))
+    plan = CandidatePatchPlan(min_score=0.0)
+    arrays = collect_case(ds, ds.case_ids[0], detector, plan)
+    n_truth = len(ds.load_case(ds.case_ids[0]).info.lesions)
+    for phase in ("NC", "ART", "PV"):
+        boxes, labels = arrays[f"boxes_{phase}"], arrays[f"labels_{phase}"]
+        assert len(boxes) > 0
+        assert arrays[f"patches_{phase}"].shape == (len(boxes), 2, *plan.shape)
+        assert arrays[f"truth_{phase}"].shape[0] <= n_truth
+        expected = is_hit(boxes, arrays[f"truth_{phase}"]).any(axis=1)
+        assert np.array_equal(labels, expected)
+        assert np.all(arrays[f"scalars_{phase}"][:, 0] >= 0.0)
+
+
+def _fake_cache(cache: Path, case_ids: list[str]) -> None:
+    """Cached candidates per case: a bright ball (the true lesion) and three dark decoys per phase."""
+    k, j, i = np.meshgrid(np.arange(16), np.arange(48), np.arange(48), indexing="ij")
+    ball = (((k - 8) * 3) ** 2 + (j - 24) ** 2 + (i - 24) ** 2) <= 64
+    rng = np.random.default_rng(1)
+    cache.mkdir(parents=True)
+    for case_id in case_ids:
+        arrays = {}
+        for phase in ("NC", "ART", "PV"):
+            truth = np.array([[5, 20, 20, 9, 40, 40]])
+            boxes = np.array([truth[0], truth[0] + 50, truth[0] + 100, truth[0] + 150])
+            ct = [np.where(ball, 230 if n == 0 else 60, 120) for n in range(4)]
+            arrays.update(
+                {
+                    f"patches_{phase}": np.stack([np.stack([c, np.full_like(c, 255)]) for c in ct]).astype(
+                        np.uint8
+                    ),
+                    f"scalars_{phase}": np.stack([rng.random(4), np.zeros(4)], axis=1).astype(np.float32),
+                    f"boxes_{phase}": boxes,
+                    f"labels_{phase}": np.array([True, False, False, False]),
+                    f"truth_{phase}": truth,
+                    f"diameters_{phase}": np.array([20.0]),
+                }
+            )
+        np.savez_compressed(cache / f"{case_id}.npz", **arrays)
+
+
+def test_filter_training_writes_a_model_the_detector_uses(
+    phantom: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from liaids.train.candidate_filter import train_candidate_filter
+
+    detector = tmp_path / "detector"
+    shutil.copytree(tiny_model, detector, ignore=shutil.ignore_patterns("cache", "last.pt", "splits.json"))
+    ds = Dataset(phantom)
+    _fake_cache(tmp_path / "cache", ds.case_ids)
+    out = tmp_path / "filter"
+    train_candidate_filter(
+        phantom, detector, out, epochs=2, steps_per_epoch=3, batch=8, cache=tmp_path / "cache", seed=3
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "candidate-filter" and config["training"]["train_cases"] == 1
+    assert 0.0 <= config["val"]["val_cpm"] <= 1.0
+    train_candidate_filter(
+        phantom,
+        detector,
+        out,
+        epochs=3,
+        steps_per_epoch=3,
+        batch=8,
+        cache=tmp_path / "cache",
+        seed=3,
+        resume=True,
+    )
+    assert [row["epoch"] for row in json.loads((out / "log.json").read_text())] == [1, 2, 3]
+
+    shutil.copytree(out, detector / "candidate_filter", ignore=shutil.ignore_patterns("last.pt", "log.*"))
+    loaded = LesionDetector.load(detector)
+    assert loaded.candidate_filter is not None
+    assert loaded.source["candidate_filter"]["sha256"]
+    assert LesionDetector.load(detector, candidate_filter=False).candidate_filter is None
+    case = ds.load_case(ds.case_ids[1])
+    plain = _keep_everything(LesionDetector.load(detector, candidate_filter=False))
+    filtered = _keep_everything(loaded)
+    filtered.candidate_filter = loaded.candidate_filter
+    filtered.candidate_filter.plan = type(filtered.candidate_filter.plan)(min_score=0.0)
+    found = filtered.detect(case.study["PV"], case.liver["PV"])
+    proposals = plain.detect(case.study["PV"], case.liver["PV"])
+    assert len(found) == len(proposals) > 0
+    assert sorted(f.proposal_score for f in found) == pytest.approx(sorted(p.score for p in proposals))
+    assert all(0.0 <= f.score <= 1.0 for f in found)
+    assert [f.score for f in found] == sorted((f.score for f in found), reverse=True)
+
+    (detector / "candidate_filter" / "model.pt").write_bytes(b"truncated")
+    with pytest.raises(ModelLoadError, match="checksum mismatch"):
+        LesionDetector.load(detector)

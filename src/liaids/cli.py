@@ -362,6 +362,49 @@ def train_detect(
     print(out)
 
 
+@train_app.command("filter")
+def train_filter(
+    data: Annotated[Path, typer.Option(help="Dataset folder (the detector's training cases are left out).")],
+    detector: Annotated[Path, typer.Option(help="The trained detector's model folder.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder; copy it into DETECTOR as candidate_filter/.")
+    ],
+    profile: Annotated[str, typer.Option(help="small (CPU) or paper (GPU).")] = "small",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's epochs.")] = None,
+    max_cases: Annotated[int | None, typer.Option(min=2, help="Use only the first N usable cases.")] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    splits_file: Annotated[
+        Path | None,
+        typer.Option(help='JSON {"train": [...], "val": [...]} of case ids (default: seeded split).'),
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="Candidate cache folder to share between runs (default OUT/cache).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Train the candidate filter that re-scores a detector's candidates (false-positive reduction)."""
+    from liaids.train.candidate_filter import train_candidate_filter
+
+    _run_with_progress(
+        lambda progress: train_candidate_filter(
+            data,
+            detector,
+            out,
+            profile,
+            epochs=epochs,
+            seed=seed,
+            resume=resume,
+            max_cases=max_cases,
+            splits_file=splits_file,
+            cache=cache,
+            device=device,
+            progress=progress,
+        )
+    )
+    print(out)
+
+
 @train_app.command("classify")
 def train_classify(
     data: Annotated[Path, typer.Option(help="Dataset folder.")],

@@ -2,8 +2,9 @@
 
 Steps: canonical orientation -> crop to the liver (plus margin) and resample to the detection grid ->
 2D detection on every grid slice with its ``2n+1``-slice slab -> 2D-to-3D merging -> the liver filter
-(no liver voxel in the box, or too little liver in its core: dropped) -> boxes mapped back to the input's
-own voxel indices.
+(no liver voxel in the box, or too little liver in its core: dropped) -> the candidate filter, when the
+model folder has one (``candidate_filter/``: a 3D CNN re-scores every candidate, see
+:mod:`liaids.networks.candidate_filter`) -> boxes mapped back to the input's own voxel indices.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torchvision.models.detection import FasterRCNN
 
+from liaids.detection.candidates import CandidatePatchPlan, candidate_patch, candidate_scalars
 from liaids.detection.merge import MergeSettings, keep_in_liver, merge_slices
 from liaids.detection.preprocessing import (
     DetectionPlan,
@@ -26,10 +28,13 @@ from liaids.detection.preprocessing import (
 )
 from liaids.errors import ModelLoadError
 from liaids.model_store import builtin_model_dir, load_model_files, sha256
+from liaids.networks.candidate_filter import CandidateFilter, CandidateFilterConfig
 from liaids.networks.lesion_detector import DetectorConfig, build_detector
 from liaids.types import Volume
 
 MODEL_KIND = "lesion-detection"
+FILTER_KIND = "candidate-filter"
+FILTER_FOLDER = "candidate_filter"
 DEFAULT_MODEL = "detector_cswin3d_small"
 SCHEMA_VERSION = "1.0"
 NOT_FOR_CLINICAL_USE = "Not for clinical use: research software, not validated on real patients."
@@ -41,16 +46,94 @@ class DetectedLesion:
 
     Args:
         bbox_ijk: ``[i0, j0, k0, i1, j1, k1]``, half-open voxel indices of the input volume as stored.
-        score: detection confidence in [0, 1] (by default the highest 2D score behind it).
+        score: detection confidence in [0, 1]: the candidate filter's probability when the detector has
+            one, otherwise ``proposal_score``.
         n_boxes: number of 2D slice detections merged into it.
+        proposal_score: Faster R-CNN's score (by default the highest 2D score behind it).
     """
 
     bbox_ijk: list[int]
     score: float
     n_boxes: int
+    proposal_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bbox_ijk": self.bbox_ijk, "score": round(self.score, 4), "n_boxes": self.n_boxes}
+        out: dict[str, Any] = {
+            "bbox_ijk": self.bbox_ijk,
+            "score": round(self.score, 4),
+            "n_boxes": self.n_boxes,
+        }
+        if self.proposal_score is not None:
+            out["proposal_score"] = round(self.proposal_score, 4)
+        return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A merged 3D candidate in canonical voxel indices (``[k0, j0, i0, k1, j1, i1]``, half-open)."""
+
+    box_kji: np.ndarray
+    score: float
+    n_boxes: int
+
+
+class LoadedCandidateFilter:
+    """A trained candidate filter with its patch rule.
+
+    Args:
+        network: the filter network (eval mode).
+        plan: how patches are cut.
+        source: folder and checksum, for reports.
+    """
+
+    def __init__(self, network: CandidateFilter, plan: CandidatePatchPlan, source: dict[str, Any]) -> None:
+        self.network = network
+        self.plan = plan
+        self.source = source
+
+    @classmethod
+    def load(cls, folder: str | Path, device: torch.device) -> LoadedCandidateFilter:
+        """Load a ``candidate_filter`` folder.
+
+        Raises:
+            ModelLoadError: missing, truncated or foreign model files.
+        """
+        path = Path(folder)
+        state, config = load_model_files(path, FILTER_KIND)
+        try:
+            network = CandidateFilter(CandidateFilterConfig.from_dict(config["network"]))
+            network.load_state_dict(state)
+            plan = CandidatePatchPlan.from_dict(config["patch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"model does not fit its configuration ({exc})".splitlines()[0], path
+            ) from exc
+        network.to(device).eval()
+        return cls(network, plan, {"folder": str(path), "sha256": sha256(path / "model.pt")})
+
+    @torch.no_grad()
+    def probabilities(
+        self, canonical: Volume, liver_canonical: np.ndarray, candidates: list[Candidate], batch: int = 64
+    ) -> np.ndarray:
+        """P(lesion) for each candidate (all scored, whatever their proposal score)."""
+        if not candidates:
+            return np.zeros(0)
+        device = next(self.network.parameters()).device
+        out = []
+        for start in range(0, len(candidates), batch):
+            chunk = candidates[start : start + batch]
+            patches = np.stack(
+                [
+                    candidate_patch(
+                        canonical.array, liver_canonical, canonical.spacing_kji, c.box_kji, self.plan
+                    )
+                    for c in chunk
+                ]
+            )
+            scalars = np.stack([candidate_scalars(c.score, c.box_kji, canonical.spacing_kji) for c in chunk])
+            logits = self.network(torch.from_numpy(patches).to(device), torch.from_numpy(scalars).to(device))
+            out.append(torch.sigmoid(logits).cpu().numpy())
+        return np.concatenate(out).astype(float)
 
 
 @torch.no_grad()
@@ -105,9 +188,19 @@ class LesionDetector:
     device: torch.device
     source: dict[str, Any]
 
+    candidate_filter: LoadedCandidateFilter | None = None
+
     @classmethod
-    def load(cls, folder: str | Path | None = None, device: str = "cpu") -> LesionDetector:
+    def load(
+        cls, folder: str | Path | None = None, device: str = "cpu", candidate_filter: bool = True
+    ) -> LesionDetector:
         """Load a detector model folder (default: the shipped ``small`` 3D CSWin model).
+
+        Args:
+            folder: the model folder.
+            device: ``cpu`` or ``cuda``.
+            candidate_filter: use the folder's ``candidate_filter/`` when there is one (False: the
+                proposal scores alone, for ablations and for training a new filter).
 
         Raises:
             ModelLoadError: missing, truncated or foreign model files.
@@ -126,8 +219,37 @@ class LesionDetector:
             ) from exc
         dev = torch.device(device)
         network.to(dev).eval()
-        source = {"folder": str(path), "sha256": sha256(path / "model.pt"), "backbone": det_cfg.backbone}
-        return cls(network, det_cfg, plan, merge, dev, source)
+        source: dict[str, Any] = {
+            "folder": str(path),
+            "sha256": sha256(path / "model.pt"),
+            "backbone": det_cfg.backbone,
+        }
+        filter_ = None
+        if candidate_filter and (path / FILTER_FOLDER).is_dir():
+            filter_ = LoadedCandidateFilter.load(path / FILTER_FOLDER, dev)
+            source["candidate_filter"] = filter_.source
+        return cls(network, det_cfg, plan, merge, dev, source, filter_)
+
+    def candidates(self, canonical: Volume, liver_canonical: np.ndarray) -> list[Candidate]:
+        """Merged 3D candidates that pass the liver filter, before the candidate filter.
+
+        Args:
+            canonical: CT in canonical orientation (HU).
+            liver_canonical: boolean liver mask in the same orientation.
+
+        Returns:
+            candidates in canonical voxel indices, by descending proposal score.
+        """
+        if not liver_canonical.any():
+            return []
+        grid, crop, _ = to_detection_grid(canonical, self.plan, liver_canonical)
+        ks, boxes, scores = detect_slices(self.network, grid, self.config.context, device=self.device)
+        found = []
+        for lesion in merge_slices(ks, boxes, scores, self.merge):
+            box = crop.grid_to_canonical_box(lesion.box_kji)
+            if keep_in_liver(box, liver_canonical, self.merge):
+                found.append(Candidate(box, float(lesion.score), int(lesion.n_boxes)))
+        return found
 
     def detect(self, volume: Volume, liver: Volume | np.ndarray) -> list[DetectedLesion]:
         """Detect lesions in one CT volume.
@@ -145,17 +267,18 @@ class LesionDetector:
             raise ValueError(f"liver mask shape {liver_array.shape} differs from the CT's {volume.shape}")
         canonical = volume.to_canonical()
         liver_canonical = volume.with_array(liver_array > 0).to_canonical().array
-        if not liver_canonical.any():
-            return []
-        grid, crop, _ = to_detection_grid(canonical, self.plan, liver_canonical)
-        ks, boxes, scores = detect_slices(self.network, grid, self.config.context, device=self.device)
-        lesions = []
-        for found in merge_slices(ks, boxes, scores, self.merge):
-            box = crop.grid_to_canonical_box(found.box_kji)
-            if not keep_in_liver(box, liver_canonical, self.merge):
-                continue
-            lesions.append(DetectedLesion(canonical_box_to_stored(volume, box), found.score, found.n_boxes))
-        return lesions
+        found = self.candidates(canonical, liver_canonical)
+        if self.candidate_filter is None:
+            return [
+                DetectedLesion(canonical_box_to_stored(volume, c.box_kji), c.score, c.n_boxes) for c in found
+            ]
+        found = [c for c in found if c.score >= self.candidate_filter.plan.min_score]
+        probs = self.candidate_filter.probabilities(canonical, liver_canonical, found)
+        lesions = [
+            DetectedLesion(canonical_box_to_stored(volume, c.box_kji), float(p), c.n_boxes, c.score)
+            for c, p in zip(found, probs, strict=True)
+        ]
+        return sorted(lesions, key=lambda les: -les.score)
 
 
 def detect(
