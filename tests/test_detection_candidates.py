@@ -59,7 +59,7 @@ def test_filter_gives_one_logit_per_candidate(profile: str) -> None:
 def _synthetic_candidates(n_scans: int, per_scan: int, rng: np.random.Generator) -> CandidateSet:
     """Scans with one true lesion each: a bright ball (true) among bright tubes (vessels, false).
 
-    The proposal score is noise, so only the patch tells the two apart.
+    The proposal score is noise around 0.5, so only the patch tells the two apart.
     """
     k, j, i = np.meshgrid(np.arange(16), np.arange(48), np.arange(48), indexing="ij")
     ball = (((k - 8) * 3) ** 2 + (j - 24) ** 2 + (i - 24) ** 2) <= 64
@@ -76,7 +76,9 @@ def _synthetic_candidates(n_scans: int, per_scan: int, rng: np.random.Generator)
             scan.append(s)
             boxes.append(truth[0] if is_lesion else truth[0] + 40 * c)
     p = np.round(np.clip(np.asarray(patches), 0, 1) * 255).astype(np.uint8)
-    scalars = np.stack([rng.random(len(labels)), np.zeros(len(labels))], axis=1).astype(np.float32)
+    scalars = np.stack([0.4 + 0.2 * rng.random(len(labels)), np.zeros(len(labels))], axis=1).astype(
+        np.float32
+    )
     return CandidateSet(p, scalars, np.asarray(labels), np.asarray(scan), np.asarray(boxes), scans)
 
 
@@ -87,6 +89,13 @@ def test_ranking_quality_counts_lesions_found_at_few_false_positives() -> None:
     assert perfect["recall_at_2fp"] == 1.0 and perfect["cpm"] == 1.0
     inverted = ranking_quality(cands, 1.0 - cands.labels.astype(float))
     assert inverted["recall_at_2fp"] == 0.0
+
+
+def test_untrained_filter_ranks_like_the_detector() -> None:
+    rng = np.random.default_rng(1)
+    cands = _synthetic_candidates(3, 4, rng)
+    probs = predict(CandidateFilter(PROFILES["small"]), cands)
+    assert probs == pytest.approx(cands.scalars[:, 0], abs=1e-5)
 
 
 def test_filter_learns_to_tell_a_ball_from_a_tube() -> None:

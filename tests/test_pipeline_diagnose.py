@@ -159,7 +159,7 @@ def test_dicom_and_nifti_give_the_same_lesions(runs: dict[str, Any]) -> None:
 
 def test_report_describes_the_run(runs: dict[str, Any], phantom: dict[str, Path], bundle: Path) -> None:
     report = runs["reports"]["dicom"]
-    assert report["schema"] == "liaids.diagnosis" and report["version"] == "1.1"
+    assert report["schema"] == "liaids.diagnosis" and report["version"] == "1.2"
     assert "Not for clinical use" in report["notice"]
     assert report["study"]["patient_id"] == "qzh_0000"
     assert report["study"]["phase_assignment"]["method"] == "tags+images"

@@ -16,6 +16,7 @@ SHIPPED = (
     "classifier_image_small",
     "classifier_clinical_small",
     "classifier_concat_small",
+    "detector_cswin3d_small/candidate_filter",
 )
 
 
@@ -35,7 +36,8 @@ def test_shipped_detectors_and_classifiers_load() -> None:
     from liaids.classification.predictor import LesionClassifier
     from liaids.detection.predictor import LesionDetector
 
-    assert LesionDetector.load().config.backbone == "cswin3d"
+    default = LesionDetector.load()
+    assert default.config.backbone == "cswin3d" and default.candidate_filter is not None
     assert LesionDetector.load(builtin_model_dir("detector_cnn2d_small")).config.backbone == "cnn2d"
     variants = {
         LesionClassifier.from_weights(builtin_model_dir(n)).variant
@@ -55,3 +57,12 @@ def test_operating_points_were_chosen_on_validation_cases() -> None:
     assert "val" in detector["operating_point"]["chosen_on"]
     triage = json.loads((builtin_model_dir("classifier_small") / "triage.json").read_text())
     assert 0.0 < triage["threshold"] <= 1.0 and triage["target_npv"] == 0.99
+
+
+def test_candidate_filter_never_saw_the_operating_point_cases() -> None:
+    """The filter learns on cases neither the detector trained on nor the operating points are chosen on."""
+    detector = builtin_model_dir("detector_cswin3d_small")
+    det_splits = json.loads((detector / "splits.json").read_text())
+    filter_splits = json.loads((detector / "candidate_filter" / "splits.json").read_text())
+    used = set(filter_splits["train"]) | set(filter_splits["val"])
+    assert not used & (set(det_splits["train"]) | set(det_splits["val"]))

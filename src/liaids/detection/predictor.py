@@ -36,7 +36,7 @@ MODEL_KIND = "lesion-detection"
 FILTER_KIND = "candidate-filter"
 FILTER_FOLDER = "candidate_filter"
 DEFAULT_MODEL = "detector_cswin3d_small"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 NOT_FOR_CLINICAL_USE = "Not for clinical use: research software, not validated on real patients."
 
 
@@ -293,7 +293,7 @@ def detect(
 
     Args:
         input_path: NIfTI file or DICOM series folder.
-        output_path: JSON file to write (schema ``liaids.detections`` version 1.0, see the README).
+        output_path: JSON file to write (schema ``liaids.detections`` version 1.1, see the README).
         liver_path: liver mask (NIfTI, same geometry); segmented with the liver model when None.
         weights: detector model folder; default the shipped ``small`` 3D CSWin model.
         liver_weights: segmentation model folder used when no mask is given.

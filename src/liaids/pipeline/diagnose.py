@@ -253,6 +253,8 @@ class DiagnosisModels:
                 "profile": config.get("profile"),
             }
         sources["detector"]["backbone"] = detector.source.get("backbone")
+        if "candidate_filter" in detector.source:
+            sources["detector"]["candidate_filter"] = detector.source["candidate_filter"]
         sources["classifier"]["variant"] = classifier.variant
         detector_config = json.loads((folders["detector"] / "config.json").read_text())
         operating = detector_config.get("operating_point") or {}
