@@ -17,6 +17,7 @@ SHIPPED = (
     "classifier_clinical_small",
     "classifier_concat_small",
     "detector_cswin3d_small/candidate_filter",
+    "detector_cnn2d_small/candidate_filter",
 )
 
 
@@ -38,7 +39,8 @@ def test_shipped_detectors_and_classifiers_load() -> None:
 
     default = LesionDetector.load()
     assert default.config.backbone == "cswin3d" and default.candidate_filter is not None
-    assert LesionDetector.load(builtin_model_dir("detector_cnn2d_small")).config.backbone == "cnn2d"
+    ablation = LesionDetector.load(builtin_model_dir("detector_cnn2d_small"))
+    assert ablation.config.backbone == "cnn2d" and ablation.candidate_filter is not None
     variants = {
         LesionClassifier.from_weights(builtin_model_dir(n)).variant
         for n in (
@@ -59,9 +61,10 @@ def test_operating_points_were_chosen_on_validation_cases() -> None:
     assert 0.0 < triage["threshold"] <= 1.0 and triage["target_npv"] == 0.99
 
 
-def test_candidate_filter_never_saw_the_operating_point_cases() -> None:
+@pytest.mark.parametrize("name", ["detector_cswin3d_small", "detector_cnn2d_small"])
+def test_candidate_filter_never_saw_the_operating_point_cases(name: str) -> None:
     """The filter learns on cases neither the detector trained on nor the operating points are chosen on."""
-    detector = builtin_model_dir("detector_cswin3d_small")
+    detector = builtin_model_dir(name)
     det_splits = json.loads((detector / "splits.json").read_text())
     filter_splits = json.loads((detector / "candidate_filter" / "splits.json").read_text())
     used = set(filter_splits["train"]) | set(filter_splits["val"])
