@@ -77,17 +77,7 @@ def test_flipped_storage_gives_the_same_lesions(phantom: Path, tiny_model: Path)
     ds = Dataset(phantom)
     case = ds.load_case(ds.case_ids[1])
     ct, liver = case.study["ART"], case.liver["ART"]
-    detector = LesionDetector.load(tiny_model)
-    # Keep every candidate so there is something to compare even for a barely trained model.
-    detector = LesionDetector(
-        detector.network,
-        detector.config,
-        detector.plan,
-        type(detector.merge)(min_score_3d=0.0, min_score_2d=0.0),
-        detector.device,
-        detector.source,
-    )
-    detector.network.roi_heads.score_thresh = 0.0
+    detector = _keep_everything(LesionDetector.load(tiny_model))
     plain = detector.detect(ct, liver)
     d = np.asarray(ct.direction, float).reshape(3, 3)
     ni, nj = ct.shape[2], ct.shape[1]

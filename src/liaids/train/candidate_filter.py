@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from liaids.classification.patches import boxes_from_instances
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
 from liaids.detection.candidates import CandidatePatchPlan, candidate_patch, candidate_scalars
@@ -70,15 +71,10 @@ TRAIN_PROFILES: dict[str, FilterTraining] = {
 
 
 def _truth_boxes_kji(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Half-open ``[k0, j0, i0, k1, j1, i1]`` boxes of an instance map, and the instance ids."""
-    from scipy import ndimage
-
-    ids, boxes = [], []
-    for n, sl in enumerate(ndimage.find_objects(labels.astype(np.int32)), start=1):
-        if sl is not None:
-            ids.append(n)
-            boxes.append([sl[0].start, sl[1].start, sl[2].start, sl[0].stop, sl[1].stop, sl[2].stop])
-    return np.asarray(boxes, int).reshape(-1, 6), np.asarray(ids, int)
+    """Half-open ``[k0, j0, i0, k1, j1, i1]`` boxes of a canonical instance map, and the instance ids."""
+    found = boxes_from_instances(labels)
+    boxes = [[k0, j0, i0, k1, j1, i1] for i0, j0, k0, i1, j1, k1 in found.values()]
+    return np.asarray(boxes, int).reshape(-1, 6), np.asarray(list(found), int)
 
 
 def collect_case(
