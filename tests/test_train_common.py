@@ -68,3 +68,7 @@ def test_split_and_record_writes_the_split_and_plan_and_keeps_dataset_order(tmp_
     used, splits = split_and_record(out, ds, {}, 0.2, 0, max_cases=5)
     assert used == CASES[:5] and len(splits["val"]) == 1
     assert json.loads((out / "splits.json").read_text()) == splits
+    # Excluded cases (an upstream model's training cases) never enter the split; max_cases counts the rest.
+    used, splits = split_and_record(out, ds, {}, 0.2, 0, max_cases=3, exclude={"case_000", "case_002"})
+    assert used == ["case_001", "case_003", "case_004"]
+    assert not {"case_000", "case_002"} & {*splits["train"], *splits["val"]}

@@ -37,8 +37,7 @@ from liaids.train.common import (
     prepare_output,
     restore_checkpoint,
     save_checkpoint,
-    split_cases,
-    write_json,
+    split_and_record,
     write_log,
 )
 
@@ -285,21 +284,18 @@ def train_candidate_filter(
     det_splits = detector_dir / "splits.json"
     if det_splits.is_file():
         seen = set(json.loads(det_splits.read_text()).get("train", []))
-    case_ids = [c for c in ds.case_ids if c not in seen]
-    if splits_file is None:
-        case_ids = case_ids[:max_cases] if max_cases else case_ids
-    splits = split_cases(case_ids, cfg.val_fraction, seed, ds.root, splits_file)
-    case_ids = [c for c in ds.case_ids if c in {*splits["train"], *splits["val"]}]
-    write_json(out / "splits.json", splits)
-    write_json(out / "plan.json", plan.to_dict())
+    case_ids, splits = split_and_record(
+        out, ds, plan.to_dict(), cfg.val_fraction, seed, splits_file, max_cases, exclude=seen
+    )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
     cache_dir = Path(cache) if cache else out / "cache"
     files = collect_candidates(data, detector_dir, case_ids, cache_dir, plan, device, report)
     by_case = dict(zip(case_ids, files, strict=True))
-    train_set = CandidateSet.load([by_case[c] for c in case_ids if c in set(splits["train"])])
-    val_set = CandidateSet.load([by_case[c] for c in case_ids if c in set(splits["val"])])
+    in_train = set(splits["train"])
+    train_set = CandidateSet.load([by_case[c] for c in case_ids if c in in_train])
+    val_set = CandidateSet.load([by_case[c] for c in case_ids if c not in in_train])
     positives, negatives = np.nonzero(train_set.labels)[0], np.nonzero(~train_set.labels)[0]
     if len(positives) == 0 or len(negatives) == 0 or not val_set.labels.any():
         raise LiaidsError("too few true or false candidates to train a filter; use more cases", ds.root)

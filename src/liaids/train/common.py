@@ -78,6 +78,7 @@ def split_and_record(
     seed: int,
     splits_file: str | Path | None = None,
     max_cases: int | None = None,
+    exclude: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[list[str], dict[str, list[str]]]:
     """The first steps every trainer shares: choose the cases, split them, write ``splits.json`` and
     ``plan.json`` into ``out`` so the run can be repeated.
@@ -88,11 +89,13 @@ def split_and_record(
         plan: the preprocessing plan as a dictionary.
         val_fraction, seed, splits_file: as for :func:`split_cases`.
         max_cases: use only the first N cases (quick runs); None for all.
+        exclude: cases never to use (e.g. those an upstream model was trained on).
 
     Returns:
         The cases the split uses (dataset order) and the split.
     """
-    case_ids = list(ds.case_ids[:max_cases] if max_cases else ds.case_ids)
+    usable = [c for c in ds.case_ids if c not in exclude]
+    case_ids = usable[:max_cases] if max_cases else usable
     splits = split_cases(case_ids, val_fraction, seed, ds.root, splits_file)
     write_json(out / "splits.json", splits)
     write_json(out / "plan.json", plan)
