@@ -15,7 +15,7 @@ from liaids.errors import ModelLoadError
 from liaids.io import read_nifti, write_nifti
 from liaids.model_store import save_model
 from liaids.networks.liver_unet import PROFILES, HybridUNet
-from liaids.segmentation.predictor import MODEL_KIND, LiverSegmenter, segment
+from liaids.segmentation.predictor import MODEL_KIND, LiverSegmenter, fill_enclosed_holes, segment
 from liaids.segmentation.preprocessing import SegmentationPlan
 from liaids.train.segmentation import _deep_loss, train_segmentation
 from liaids.types import Volume
@@ -34,6 +34,17 @@ def _toy_batch() -> tuple[torch.Tensor, torch.Tensor]:
         np.stack([liver, lesion])[None, :, None].repeat(5, axis=2).repeat(2, axis=0)
     ).float()
     return image, target
+
+
+def test_enclosed_cavities_are_filled_but_a_vessel_through_the_liver_is_not() -> None:
+    liver = np.zeros((12, 20, 20), bool)
+    liver[1:11, 2:18, 2:18] = True
+    liver[4:7, 8:11, 8:11] = False  # a missed lesion, enclosed on every side
+    liver[:, 13:16, 13:16] = False  # a vena cava: ringed by liver on every slice, open above and below
+    filled = fill_enclosed_holes(liver)
+    assert filled[4:7, 8:11, 8:11].all()
+    assert not filled[:, 13:16, 13:16].any()
+    assert (filled & ~liver).sum() == 27
 
 
 def test_tiny_overfit_loss_falls_and_dice_rises() -> None:

@@ -80,19 +80,20 @@ class LiverSegmenter:
             overlap=0.25,
             mode="gaussian",
         )[0]
-        probs = torch.sigmoid(logits[:, :depth].float().cpu())
-        return from_model_grid(probs, mapping).numpy()
+        # Logits, not probabilities, are interpolated: their zero crossing places the boundary between
+        # model voxels (liver Dice on zzh 0.9588 -> 0.9596 against interpolated probabilities).
+        return torch.sigmoid(from_model_grid(logits[:, :depth].float().cpu(), mapping)).numpy()
 
     def segment(self, volume: Volume) -> Volume:
         """Label map in the input's geometry: 0 background, 1 liver, 2 lesion.
 
-        The liver is the largest connected component above probability 0.5 (holes filled slice by slice);
-        lesions are kept only inside it.
+        The liver is the largest connected component above probability 0.5 with its enclosed cavities
+        filled; lesions are kept only inside it.
         """
         canonical = volume.to_canonical()
         probs = self.probabilities(canonical)
         liver = largest_component(probs[0] >= 0.5)
-        liver = fill_holes_per_slice(liver)
+        liver = fill_enclosed_holes(liver)
         lesion = (probs[1] >= 0.5) & liver
         labels = np.zeros(canonical.shape, np.uint8)
         labels[liver] = LIVER
@@ -110,11 +111,17 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Fill enclosed holes in each axial slice (vessels and lesions belong to the liver mask)."""
-    out = mask.copy()
-    for k in np.nonzero(mask.any(axis=(1, 2)))[0]:
-        out[k] = ndimage.binary_fill_holes(mask[k])
+def fill_enclosed_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill cavities enclosed in 3D (a missed lesion or vessel inside the liver belongs to the liver mask).
+
+    Not slice by slice: the inferior vena cava passes through a ring of liver on many axial slices but is
+    open above and below, and is not liver. Filling per slice added it (zzh phantom: Dice 0.9547 -> 0.9588
+    with 3D filling; the cava was the largest source of false-positive voxels).
+    """
+    out = mask.astype(bool)
+    box = ndimage.find_objects(out.astype(np.uint8))
+    if box:  # background on the box's faces reaches the outside either way, so cropping changes nothing
+        out[box[0]] = ndimage.binary_fill_holes(out[box[0]])
     return out
 
 
