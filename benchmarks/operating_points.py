@@ -103,13 +103,19 @@ def main() -> None:
             "score": t_det,
             "rule": "maximise patient-wise seven-class accuracy on validation cases",
             "chosen_on": str(a.data),
+            "cases": list(ds.case_ids),
             "patient_accuracy": best["patient_accuracy"],
         }
         path.write_text(json.dumps(config, indent=1) + "\n")
     if a.write_classifier:
         from liaids.pipeline.diagnose import save_triage_settings
 
-        save_triage_settings(a.write_classifier, triage)
+        path = save_triage_settings(a.write_classifier, triage)
+        # The cases travel with each operating point (not into every report), so a test can check that no
+        # shipped model trained on them.
+        path.write_text(
+            json.dumps({**json.loads(path.read_text()), "cases": list(ds.case_ids)}, indent=1) + "\n"
+        )
     emit(result, a.out, {k: v for k, v in result.items() if k != "scan"})
 
 

@@ -68,4 +68,15 @@ def test_candidate_filter_never_saw_the_operating_point_cases(name: str) -> None
     det_splits = json.loads((detector / "splits.json").read_text())
     filter_splits = json.loads((detector / "candidate_filter" / "splits.json").read_text())
     used = set(filter_splits["train"]) | set(filter_splits["val"])
-    assert not used & (set(det_splits["train"]) | set(det_splits["val"]))
+    assert not used & set(det_splits["train"])
+    operating_point = json.loads((builtin_model_dir("detector_cswin3d_small") / "config.json").read_text())
+    assert not used & set(operating_point["operating_point"]["cases"])
+
+
+def test_no_shipped_model_trained_on_the_operating_point_cases() -> None:
+    detector = builtin_model_dir("detector_cswin3d_small")
+    chosen_on = set(json.loads((detector / "config.json").read_text())["operating_point"]["cases"])
+    triage = json.loads((builtin_model_dir("classifier_small") / "triage.json").read_text())
+    assert set(triage["cases"]) == chosen_on and len(chosen_on) >= 24
+    for folder in (detector, detector / "candidate_filter", builtin_model_dir("classifier_small")):
+        assert not chosen_on & set(json.loads((folder / "splits.json").read_text())["train"]), folder
