@@ -110,12 +110,7 @@ def main() -> None:
     if a.write_classifier:
         from liaids.pipeline.diagnose import save_triage_settings
 
-        path = save_triage_settings(a.write_classifier, triage)
-        # The cases travel with each operating point (not into every report), so a test can check that no
-        # shipped model trained on them.
-        path.write_text(
-            json.dumps({**json.loads(path.read_text()), "cases": list(ds.case_ids)}, indent=1) + "\n"
-        )
+        save_triage_settings(a.write_classifier, triage, cases=ds.case_ids)
     emit(result, a.out, {k: v for k, v in result.items() if k != "scan"})
 
 

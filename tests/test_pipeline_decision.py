@@ -117,14 +117,18 @@ def test_triage_settings_sources(tmp_path: Path) -> None:
     assert fallback.source == "fallback" and fallback.threshold == FALLBACK_TRIAGE_THRESHOLD
     user = load_triage_settings(tmp_path, {}, 0.3)
     assert (user.source, user.threshold) == ("user", 0.3)
-    written = save_triage_settings(tmp_path, TriageSettings(0.27, "x", 0.99, {"cohort": "val"}))
+    written = save_triage_settings(
+        tmp_path, TriageSettings(0.27, "x", 0.99, {"cohort": "val"}), cases=["case_a", "case_b"]
+    )
     assert json.loads(written.read_text())["threshold"] == 0.27
+    assert json.loads(written.read_text())["cases"] == ["case_a", "case_b"]
     from_file = load_triage_settings(tmp_path, {})
     assert (from_file.source, from_file.threshold, from_file.details["cohort"]) == (
         "triage.json",
         0.27,
         "val",
     )
+    assert "cases" not in from_file.details  # the case list stays out of every report
     from_config = load_triage_settings(tmp_path, {"triage": {"threshold": 0.4, "target_npv": 0.98}})
     assert (from_config.source, from_config.threshold, from_config.target_npv) == (
         "classifier config",

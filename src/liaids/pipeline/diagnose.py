@@ -180,12 +180,16 @@ def load_triage_settings(
     return TriageSettings(check_threshold(data["threshold"], where), source, target, dict(details))
 
 
-def save_triage_settings(classifier_folder: str | Path, settings: TriageSettings) -> Path:
+def save_triage_settings(
+    classifier_folder: str | Path, settings: TriageSettings, cases: Sequence[str] | None = None
+) -> Path:
     """Write ``triage.json`` next to the classifier's weights (e.g. after choosing it on a validation cohort).
 
     Args:
         classifier_folder: the classifier's model folder.
         settings: typically :func:`liaids.pipeline.decision.triage_settings_from_validation`'s result.
+        cases: the validation cases the threshold was chosen on, kept in the file (not in every report)
+            so that anyone can check no model trained on them.
 
     Returns:
         The file written.
@@ -194,6 +198,8 @@ def save_triage_settings(classifier_folder: str | Path, settings: TriageSettings
 
     path = Path(classifier_folder) / TRIAGE_FILE
     data = {**settings.to_dict(), "source": "triage.json"}
+    if cases is not None:
+        data["cases"] = list(cases)
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return path
 
