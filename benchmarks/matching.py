@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from _report import emit
 
-from liaids.classification.patches import boxes_from_instances
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
+from liaids.evaluate.cohort import read_truth
 from liaids.evaluate.detection import is_hit
 
 
@@ -39,20 +39,16 @@ def lesion_rows(data: Path, predictions: Path, min_score: float) -> list[dict]:
     rows = []
     for case_id in ds.case_ids:
         report = json.loads((predictions / case_id / "report.json").read_text())
-        case = ds.load_case(case_id)
-        truth = {p: boxes_from_instances(case.lesions[p].array) for p in PHASES}
+        truth = read_truth(ds, case_id).lesions
         for lesion in report["lesions"]:
             if lesion["detection_score"] < min_score:
                 continue
             phases = lesion["phases"]
             hits: dict[str, set[int]] = {}
             for p in PHASES:
-                ids = list(truth[p])
-                if not ids:
-                    hits[p] = set()
-                    continue
-                hit = is_hit(np.array([phases[p]["bbox_ijk"]]), np.array([truth[p][i] for i in ids]))[0]
-                hits[p] = {ids[n] for n in np.nonzero(hit)[0]}
+                visible = [t for t in truth if t.boxes[p] is not None]
+                hit = is_hit(np.array([phases[p]["bbox_ijk"]]), np.array([t.boxes[p] for t in visible]))
+                hits[p] = {t.lesion_id for t, h in zip(visible, hit.reshape(-1), strict=True) if h}
             votes = Counter(i for p in PHASES for i in hits[p])
             if not votes:
                 continue  # a false positive: no true lesion to be consistent with
