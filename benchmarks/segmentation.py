@@ -8,6 +8,7 @@ Run:
   .venv/bin/python benchmarks/segmentation.py accuracy --data DATASET [--weights DIR] [--out JSON]
   .venv/bin/python benchmarks/segmentation.py ircadb [--shared ../shared/data] [--weights DIR]
   .venv/bin/python benchmarks/segmentation.py speed [--weights DIR]
+  (each takes --no-refine: the segmentation network alone, without the weights' refinement/ stage)
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def _summary(rows: list[dict], key: str) -> dict[str, float]:
     }
 
 
-def accuracy(data: Path, weights: Path | None, phases: list[str]) -> dict:
-    seg = LiverSegmenter.load(weights)
+def accuracy(data: Path, weights: Path | None, phases: list[str], refine: bool = True) -> dict:
+    seg = LiverSegmenter.load(weights, refine=refine)
     ds = Dataset(data)
     rows = []
     for case_id in ds.case_ids:
@@ -62,12 +63,13 @@ def accuracy(data: Path, weights: Path | None, phases: list[str]) -> dict:
         "data": str(data),
         "dataset": ds.meta.get("name"),
         "volumes": len(rows),
+        "refinement": seg.refiner is not None,
         **{k: _summary(rows, k) for k in ("liver_dice", "liver_hd95_mm", "liver_asd_mm", "lesion_dice")},
         "per_volume": rows,
     }
 
 
-def ircadb(shared: Path, weights: Path | None) -> dict:
+def ircadb(shared: Path, weights: Path | None, refine: bool = True) -> dict:
     from liaids.io import read_dicom_series
 
     root = shared / "ircadb-17"
@@ -77,10 +79,12 @@ def ircadb(shared: Path, weights: Path | None) -> dict:
         read_dicom_series(root / "MASKS_DICOM" / "livertumor2").array > 0
     )
     t0 = time.perf_counter()
-    pred = LiverSegmenter.load(weights).segment(ct).array
+    seg = LiverSegmenter.load(weights, refine=refine)
+    pred = seg.segment(ct).array
     seconds = time.perf_counter() - t0
     return {
         "case": "3D-IRCADb-01 patient 17 (portal venous, real)",
+        "refinement": seg.refiner is not None,
         "seconds": round(seconds, 2),
         "liver": mask_metrics(pred >= 1, liver | tumours, ct.spacing_kji),
         "tumours_as_lesion": mask_metrics(pred == 2, tumours, ct.spacing_kji),
@@ -89,7 +93,7 @@ def ircadb(shared: Path, weights: Path | None) -> dict:
     }
 
 
-def speed(weights: Path | None, repeats: int) -> dict:
+def speed(weights: Path | None, repeats: int, refine: bool = True) -> dict:
     from liaids.phantom.profiles import load_profile
     from liaids.phantom.synthesize import synthesize_case
 
@@ -99,7 +103,7 @@ def speed(weights: Path | None, repeats: int) -> dict:
     k = arr.shape[0]
     arr = arr[:64] if k >= 64 else np.concatenate([arr, np.full((64 - k, 512, 512), -1000, arr.dtype)])
     vol = Volume(arr, case.study["PV"].spacing, case.study["PV"].origin)
-    seg = LiverSegmenter.load(weights)
+    seg = LiverSegmenter.load(weights, refine=refine)
     seg.segment(vol)  # warm-up
     times = []
     for _ in range(repeats):
@@ -108,6 +112,7 @@ def speed(weights: Path | None, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
     return {
         "shape_kji": list(vol.shape),
+        "refinement": seg.refiner is not None,
         "seconds_median": round(float(np.median(times)), 2),
         "seconds_max": round(max(times), 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -123,13 +128,16 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--no-refine", action="store_true", help="leave out the weights' boundary refinement stage, if any"
+    )
     a = ap.parse_args()
     if a.what == "accuracy":
-        result = accuracy(a.data, a.weights, a.phases.split(","))
+        result = accuracy(a.data, a.weights, a.phases.split(","), not a.no_refine)
     elif a.what == "ircadb":
-        result = ircadb(a.shared, a.weights)
+        result = ircadb(a.shared, a.weights, not a.no_refine)
     else:
-        result = speed(a.weights, a.repeats)
+        result = speed(a.weights, a.repeats, not a.no_refine)
     emit(result, a.out, {k: v for k, v in result.items() if k != "per_volume"})
 
 

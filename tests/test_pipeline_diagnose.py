@@ -40,12 +40,12 @@ HISTORY = dict.fromkeys(CLINICAL_FIELDS[2:], False)
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Weights bundle: untrained detector and classifier (the shipped liver model is used).
 
-    The detector keeps at most two boxes per slice and every score, so an untrained network still yields a
+    The detector keeps at most four boxes per slice and every score, so an untrained network still yields a
     few deterministic lesions to match, classify and report.
     """
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    det_cfg = replace(profile("cnn2d", "small"), box_score_threshold=0.0, box_detections=2)
+    det_cfg = replace(profile("cnn2d", "small"), box_score_threshold=0.0, box_detections=4)
     save_model(
         root / "detector",
         build_detector(det_cfg).state_dict(),
@@ -159,7 +159,7 @@ def test_dicom_and_nifti_give_the_same_lesions(runs: dict[str, Any]) -> None:
 
 def test_report_describes_the_run(runs: dict[str, Any], phantom: dict[str, Path], bundle: Path) -> None:
     report = runs["reports"]["dicom"]
-    assert report["schema"] == "liaids.diagnosis" and report["version"] == "1.2"
+    assert report["schema"] == "liaids.diagnosis" and report["version"] == "1.3"
     assert "Not for clinical use" in report["notice"]
     assert report["study"]["patient_id"] == "qzh_0000"
     assert report["study"]["phase_assignment"]["method"] == "tags+images"

@@ -10,6 +10,7 @@ from liaids.model_store import builtin_model_dir, sha256
 
 SHIPPED = (
     "liver_small",
+    "liver_small/refinement",
     "detector_cswin3d_small",
     "detector_cnn2d_small",
     "classifier_small",
@@ -31,6 +32,19 @@ def test_checksum_and_profile(name: str) -> None:
 def test_all_shipped_weights_stay_under_40_mb() -> None:
     total = sum(builtin_model_dir(name).joinpath("model.pt").stat().st_size for name in SHIPPED)
     assert total < 40_000_000
+
+
+def test_liver_refinement_belongs_to_the_shipped_segmentation_model() -> None:
+    """It corrects these weights' logits, and it never trained on their validation cases."""
+    from liaids.segmentation.predictor import LiverSegmenter
+
+    liver = builtin_model_dir("liver_small")
+    refinement = json.loads((liver / "refinement" / "config.json").read_text())
+    assert refinement["coarse_model"]["sha256"] == sha256(liver / "model.pt")
+    assert json.loads((liver / "refinement" / "splits.json").read_text()) == json.loads(
+        (liver / "splits.json").read_text()
+    )
+    assert LiverSegmenter.load().refiner is not None
 
 
 def test_shipped_detectors_and_classifiers_load() -> None:

@@ -483,6 +483,49 @@ def train_segment(
     print(out)
 
 
+@train_app.command("refine-liver")
+def train_refine_liver(
+    data: Annotated[Path, typer.Option(help="Dataset folder (the segmentation model's training data).")],
+    segmenter: Annotated[Path, typer.Option(help="The trained liver segmentation model folder.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder; copy it into SEGMENTER as refinement/.")
+    ],
+    profile: Annotated[str, typer.Option(help="small (CPU) or paper (GPU).")] = "small",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the profile's epochs.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the profile's steps per epoch.")] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    splits_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON of train and val case ids; pass SEGMENTER/splits.json (default: seeded split)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    workers: Annotated[int, typer.Option(min=1, help="Threads that read the cases.")] = 1,
+) -> None:
+    """Train the liver boundary refinement stage (a finer grid, cascaded after the segmentation network)."""
+    from liaids.train.liver_refinement import train_liver_refinement
+
+    _run_with_progress(
+        lambda progress: train_liver_refinement(
+            data,
+            segmenter,
+            out,
+            profile,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            seed=seed,
+            resume=resume,
+            splits_file=splits_file,
+            device=device,
+            workers=workers,
+            progress=progress,
+        )
+    )
+    print(out)
+
+
 @dataset_app.command("validate")
 def dataset_validate(root: Annotated[Path, typer.Argument(help="Dataset folder.")]) -> None:
     """Load every case of a dataset and report problems (exit 1 if any)."""

@@ -32,6 +32,8 @@ class UNetConfig:
             block (a U-Net skip at the input's resolution), so the liver edge is drawn from full-resolution
             features rather than upsampled coarse ones. Ignored when ``stem_stride`` is 1. Off by default so
             model folders saved before it existed load unchanged.
+        in_channels: input channels: 1 (the CT) for the segmentation network, 2 (the CT and the coarse
+            liver logit) for the boundary refinement stage (:mod:`liaids.segmentation.refinement`).
     """
 
     channels: tuple[int, ...] = (32, 64, 128, 256)
@@ -41,6 +43,7 @@ class UNetConfig:
     out_channels: int = 2
     stem_stride: int = 1
     stem_skip: bool = False
+    in_channels: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +141,9 @@ class HybridUNet(nn.Module):
         super().__init__()
         self.config = config
         ch = config.channels
-        self.stem = nn.Sequential(Block3d(1, ch[0]), Block3d(ch[0], ch[0], stride=config.stem_stride))
+        self.stem = nn.Sequential(
+            Block3d(config.in_channels, ch[0]), Block3d(ch[0], ch[0], stride=config.stem_stride)
+        )
         self.encoder = nn.ModuleList(
             [Block2d(ch[max(i - 1, 0)], ch[i], config.key_side) for i in range(len(ch))]
         )
@@ -181,7 +186,8 @@ class HybridUNet(nn.Module):
         """Segment a slab.
 
         Args:
-            x: ``(N, 1, D, H, W)`` normalised CT; ``H`` and ``W`` divisible by ``2 ** (levels - 1)``.
+            x: ``(N, in_channels, D, H, W)`` normalised CT (and coarse logit); ``H`` and ``W`` divisible
+                by :attr:`divisor`.
 
         Returns:
             In eval mode, logits ``(N, 2, D, H, W)``. In training mode, ``(logits, aux)`` where ``aux`` holds

@@ -61,6 +61,7 @@ from liaids.pipeline.inputs import (
 from liaids.segmentation.predictor import DEFAULT_MODEL as LIVER_DEFAULT
 from liaids.segmentation.predictor import LESION, LiverSegmenter
 from liaids.segmentation.predictor import MODEL_KIND as LIVER_KIND
+from liaids.segmentation.refinement import REFINEMENT_DIR
 from liaids.types import Volume
 
 Progress = Callable[[str, float], None]
@@ -261,6 +262,12 @@ class DiagnosisModels:
         sources["detector"]["backbone"] = detector.source.get("backbone")
         if "candidate_filter" in detector.source:
             sources["detector"]["candidate_filter"] = detector.source["candidate_filter"]
+        if segmenter.refiner is not None:
+            refinement = folders["liver"] / REFINEMENT_DIR
+            sources["liver"]["refinement"] = {
+                "folder": str(refinement),
+                "sha256": sha256(refinement / "model.pt"),
+            }
         sources["classifier"]["variant"] = classifier.variant
         detector_config = json.loads((folders["detector"] / "config.json").read_text())
         operating = detector_config.get("operating_point") or {}

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from liaids.pipeline.diagnose import Diagnosis, LesionFinding
 
 SCHEMA = "liaids.diagnosis"
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 #: Lesion voxels of the instance masks, as written into report.json.
 LESION_MASK_RULE = (
     "voxels of the lesion's box labelled lesion (2) by the liver segmentation of that phase; the whole box "

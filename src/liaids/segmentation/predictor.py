@@ -12,9 +12,10 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from liaids.errors import ModelLoadError
-from liaids.model_store import builtin_model_dir, load_model_files
+from liaids.model_store import WEIGHTS_FILE, builtin_model_dir, load_model_files, sha256
 from liaids.networks.liver_unet import HybridUNet, UNetConfig
-from liaids.segmentation.preprocessing import SegmentationPlan, from_model_grid, to_model_grid
+from liaids.segmentation.preprocessing import GridMapping, SegmentationPlan, from_model_grid, to_model_grid
+from liaids.segmentation.refinement import REFINEMENT_DIR, LiverRefiner
 from liaids.types import Volume
 
 MODEL_KIND = "liver-segmentation"
@@ -36,10 +37,18 @@ class LiverSegmenter:
     plan: SegmentationPlan
     config: dict[str, Any]
     device: torch.device
+    refiner: LiverRefiner | None = None
 
     @classmethod
-    def load(cls, folder: str | Path | None = None, device: str = "cpu") -> LiverSegmenter:
+    def load(
+        cls, folder: str | Path | None = None, device: str = "cpu", refine: bool = True
+    ) -> LiverSegmenter:
         """Load a model folder (default: the shipped ``small`` weights).
+
+        Args:
+            folder: the model folder.
+            device: ``cpu`` or ``cuda``.
+            refine: also load the folder's boundary refinement stage (``refinement/``), when it has one.
 
         Raises:
             ModelLoadError: missing, truncated or foreign model files.
@@ -61,11 +70,21 @@ class LiverSegmenter:
             )
         dev = torch.device(device)
         network.to(dev).eval()
-        return cls(network, plan, config, dev)
+        refiner = None
+        if refine and (path / REFINEMENT_DIR).is_dir():
+            refiner = LiverRefiner.load(path / REFINEMENT_DIR, device)
+            # A refiner learned to correct one network's logits; another network's would mislead it.
+            expected = refiner.config.get("coarse_model", {}).get("sha256")
+            if expected != sha256(path / WEIGHTS_FILE):
+                raise ModelLoadError(
+                    "the refinement stage was trained for other segmentation weights (checksum differs)",
+                    path / REFINEMENT_DIR / "config.json",
+                )
+        return cls(network, plan, config, dev, refiner)
 
     @torch.no_grad()
-    def probabilities(self, canonical: Volume) -> np.ndarray:
-        """Liver and lesion probabilities ``(2, K, J, I)`` on a canonical volume's own grid."""
+    def model_logits(self, canonical: Volume) -> tuple[torch.Tensor, GridMapping]:
+        """The network's liver and lesion logits ``(2, K', J', I')`` on its padded grid, and the mapping."""
         image, mapping = to_model_grid(canonical, self.plan)
         slab = self.network.config.slab
         depth = image.shape[1]
@@ -80,9 +99,22 @@ class LiverSegmenter:
             overlap=0.25,
             mode="gaussian",
         )[0]
+        return logits[:, :depth].float().cpu(), mapping
+
+    @torch.no_grad()
+    def probabilities(self, canonical: Volume) -> np.ndarray:
+        """Liver and lesion probabilities ``(2, K, J, I)`` on a canonical volume's own grid.
+
+        With a refinement stage the liver channel is the refined one.
+        """
+        logits, mapping = self.model_logits(canonical)
         # Logits, not probabilities, are interpolated: their zero crossing places the boundary between
         # model voxels (liver Dice on zzh 0.9588 -> 0.9596 against interpolated probabilities).
-        return torch.sigmoid(from_model_grid(logits[:, :depth].float().cpu(), mapping)).numpy()
+        out = from_model_grid(logits, mapping)
+        if self.refiner is not None:
+            fine_logit, fine = self.refiner.refine(canonical, logits[:1], mapping)
+            out[:1] = from_model_grid(fine_logit, fine)
+        return torch.sigmoid(out).numpy()
 
     def segment(self, volume: Volume) -> Volume:
         """Label map in the input's geometry: 0 background, 1 liver, 2 lesion.
