@@ -12,6 +12,7 @@ import torch
 
 from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
+from liaids.model_store import save_model
 
 
 def prepare_output(out: str | Path, resume: bool, reusable: tuple[str, ...] = ()) -> Path:
@@ -181,3 +182,30 @@ def write_log(out: Path, log: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(log)
+
+
+def close_epoch(
+    out: Path,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rng: np.random.Generator,
+    log: list[dict[str, Any]],
+    row: dict[str, Any],
+    config: dict[str, Any],
+    key: str,
+    best: float,
+) -> float:
+    """End an epoch: append ``row`` to the log, save the model folder when ``row[key]`` beats ``best``,
+    write ``last.pt`` and the log files.
+
+    Returns:
+        The best value of ``row[key]`` so far.
+    """
+    log.append(row)
+    if row[key] > best:
+        best = row[key]
+        save_model(out, network.state_dict(), {**config, "best_epoch": row["epoch"], "val": row})
+    save_checkpoint(out / "last.pt", network, optimizer, scheduler, row["epoch"], log, rng, best=best)
+    write_log(out, log)
+    return best

@@ -35,7 +35,7 @@ from scipy import ndimage
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
-from liaids.model_store import WEIGHTS_FILE, save_model, sha256
+from liaids.model_store import WEIGHTS_FILE, sha256
 from liaids.networks.liver_unet import HybridUNet, UNetConfig
 from liaids.segmentation.predictor import LiverSegmenter
 from liaids.segmentation.preprocessing import SegmentationPlan, masks_to_model_grid, to_model_grid
@@ -47,11 +47,10 @@ from liaids.segmentation.refinement import (
     refiner_input,
 )
 from liaids.train.common import (
+    close_epoch,
     prepare_output,
     restore_checkpoint,
-    save_checkpoint,
     split_and_record,
-    write_log,
 )
 
 
@@ -367,10 +366,5 @@ def train_liver_refinement(
             **_validate(refiner, regions["val"]),
             "seconds": round(time.time() - t0, 1),
         }
-        log.append(row)
-        if row["val_refined_liver_dice"] > best:
-            best = row["val_refined_liver_dice"]
-            save_model(out, net.state_dict(), {**config, "best_epoch": epoch + 1, "val": row})
-        save_checkpoint(ckpt_path, net, opt, sched, epoch + 1, log, rng, best=best)
-        write_log(out, log)
+        best = close_epoch(out, net, opt, sched, rng, log, row, config, "val_refined_liver_dice", best)
     return out

@@ -30,16 +30,14 @@ from monai.losses import DiceCELoss
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
-from liaids.model_store import save_model
 from liaids.networks.liver_unet import PROFILES, HybridUNet
 from liaids.segmentation.predictor import MODEL_KIND
 from liaids.segmentation.preprocessing import SegmentationPlan, masks_to_model_grid, to_model_grid
 from liaids.train.common import (
+    close_epoch,
     prepare_output,
     restore_checkpoint,
-    save_checkpoint,
     split_and_record,
-    write_log,
 )
 
 
@@ -333,10 +331,5 @@ def train_segmentation(
             **_validate(net, val_vols),
             "seconds": round(time.time() - t0, 1),
         }
-        log.append(row)
-        if row["val_liver_dice"] > best:
-            best = row["val_liver_dice"]
-            save_model(out, net.state_dict(), {**config, "best_epoch": epoch + 1, "val": row})
-        save_checkpoint(ckpt_path, net, opt, sched, epoch + 1, log, rng, best=best)
-        write_log(out, log)
+        best = close_epoch(out, net, opt, sched, rng, log, row, config, "val_liver_dice", best)
     return out
