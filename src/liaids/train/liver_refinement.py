@@ -18,7 +18,6 @@ artefact in the output folder:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from scipy import ndimage
 
@@ -52,6 +50,7 @@ from liaids.train.common import (
     restore_checkpoint,
     split_and_record,
 )
+from liaids.train.segmentation import augment_slabs
 
 
 @dataclass(frozen=True)
@@ -186,35 +185,7 @@ def _sample(
             i0 = int(rng.integers(min(0, width - cfg.crop), max(width - cfg.crop, 0) + 1))
         inputs.append(_crop(r.inputs, k0, j0, i0, shape, -1.0))
         targets.append(_crop(r.target, k0, j0, i0, shape, 0.0))
-    return _augment(torch.stack(inputs), torch.stack(targets), rng)
-
-
-def _augment(
-    inputs: torch.Tensor, target: torch.Tensor, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """In-plane affine (both channels alike), then intensity jitter and salt-and-pepper noise on the CT."""
-    b, c, d, h, w = inputs.shape
-    theta = torch.zeros(b, 2, 3)
-    for n in range(b):
-        angle = math.radians(rng.uniform(-15, 15))
-        scale = rng.uniform(0.85, 1.15)
-        theta[n, :, :2] = (
-            torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) / scale
-        )
-    grid = F.affine_grid(theta, [b, c * d, h, w], align_corners=False)
-    inputs = F.grid_sample(
-        inputs.reshape(b, c * d, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False
-    ).reshape(b, c, d, h, w)
-    target = F.grid_sample(target.reshape(b, d, h, w), grid, mode="nearest", align_corners=False)
-    target = target.reshape(b, 1, d, h, w)
-    image = inputs[:, :1]
-    scale = torch.from_numpy(rng.uniform(0.9, 1.1, (b, 1, 1, 1, 1))).float()
-    shift = torch.from_numpy(rng.uniform(-0.1, 0.1, (b, 1, 1, 1, 1))).float()
-    image = image * scale + shift + torch.randn_like(image) * float(rng.uniform(0.0, 0.05))
-    salt = torch.from_numpy(rng.random(image.shape) < 0.002)
-    pepper = torch.from_numpy(rng.random(image.shape) < 0.002)
-    image = image.masked_fill(salt, 1.0).masked_fill(pepper, -1.0)
-    return torch.cat([image, inputs[:, 1:]], dim=1), target
+    return augment_slabs(torch.stack(inputs), torch.stack(targets), rng)
 
 
 def _refined_logit(net: HybridUNet, inputs: torch.Tensor) -> torch.Tensor:

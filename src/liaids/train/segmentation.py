@@ -141,7 +141,7 @@ def _sample(
         i0 = int(rng.integers(0, img.shape[3] - cfg.crop + 1))
         images.append(img[:, :, j0 : j0 + cfg.crop, i0 : i0 + cfg.crop])
         targets.append(tgt[:, :, j0 : j0 + cfg.crop, i0 : i0 + cfg.crop])
-    return _augment(torch.stack(images), torch.stack(targets), rng)
+    return augment_slabs(torch.stack(images), torch.stack(targets), rng)
 
 
 def _crop_z(array: torch.Tensor, k0: int, slab: int, fill: float) -> torch.Tensor:
@@ -152,11 +152,23 @@ def _crop_z(array: torch.Tensor, k0: int, slab: int, fill: float) -> torch.Tenso
     return out
 
 
-def _augment(
-    image: torch.Tensor, target: torch.Tensor, rng: np.random.Generator
+def augment_slabs(
+    inputs: torch.Tensor, target: torch.Tensor, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """In-plane affine (same for all slices of a slab), salt-and-pepper noise, intensity jitter."""
-    b, _, d, h, w = image.shape
+    """In-plane affine (same for all slices and channels of a slab), then intensity jitter and
+    salt-and-pepper noise on the CT (channel 0; further input channels, such as the refiner's coarse
+    logit, are only moved).
+
+    Args:
+        inputs: ``(B, C, D, H, W)`` normalised CT (and extra channels).
+        target: ``(B, T, D, H, W)`` binary masks.
+        rng: random generator.
+
+    Returns:
+        Augmented inputs and target, same shapes.
+    """
+    b, c, d, h, w = inputs.shape
+    n_target = target.shape[1]
     theta = torch.zeros(b, 2, 3)
     for n in range(b):
         angle = math.radians(rng.uniform(-15, 15))
@@ -164,20 +176,20 @@ def _augment(
         theta[n, :, :2] = (
             torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) / scale
         )
-    grid = F.affine_grid(theta, [b, d, h, w], align_corners=False)
-    image = F.grid_sample(
-        image.reshape(b, d, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    target = F.grid_sample(target.reshape(b, 2 * d, h, w), grid, mode="nearest", align_corners=False)
-    image = image.reshape(b, 1, d, h, w)
-    target = target.reshape(b, 2, d, h, w)
+    grid = F.affine_grid(theta, [b, c * d, h, w], align_corners=False)
+    inputs = F.grid_sample(
+        inputs.reshape(b, c * d, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False
+    ).reshape(b, c, d, h, w)
+    target = F.grid_sample(target.reshape(b, n_target * d, h, w), grid, mode="nearest", align_corners=False)
+    target = target.reshape(b, n_target, d, h, w)
+    image = inputs[:, :1]
     scale = torch.from_numpy(rng.uniform(0.9, 1.1, (b, 1, 1, 1, 1))).float()
     shift = torch.from_numpy(rng.uniform(-0.1, 0.1, (b, 1, 1, 1, 1))).float()
     image = image * scale + shift + torch.randn_like(image) * float(rng.uniform(0.0, 0.05))
     salt = torch.from_numpy(rng.random(image.shape) < 0.002)
     pepper = torch.from_numpy(rng.random(image.shape) < 0.002)
     image = image.masked_fill(salt, 1.0).masked_fill(pepper, -1.0)
-    return image, target
+    return torch.cat([image, inputs[:, 1:]], dim=1), target
 
 
 def _deep_loss(
