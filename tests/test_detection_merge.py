@@ -104,6 +104,31 @@ def test_weak_boxes_linked_to_the_lesion_only_through_weak_boxes_are_a_candidate
     assert [les.n_boxes for les in lesions] == [4, 3]
 
 
+def test_a_loose_box_around_a_lesion_and_a_neighbour_does_not_join_them() -> None:
+    # A lesion on slices 0-4 and a vessel beside it on slices 0-8; on slice 2 a loose box around both,
+    # strong enough to draw boxes but scoring below each of them.
+    ks = np.array([0, 1, 2, 3, 4, *range(9), 2])
+    boxes = np.array([[10, 10, 20, 20]] * 5 + [[30, 10, 40, 20]] * 9 + [[8, 8, 42, 22]], float)
+    scores = np.array([0.9] * 5 + [0.8] * 9 + [0.6])
+    lesions = merge_slices(ks, boxes, scores, MergeSettings(split_bridges=True))
+    assert [les.box_kji.tolist() for les in lesions] == [[0, 10, 10, 5, 20, 20], [0, 10, 30, 9, 20, 40]]
+    assert [les.n_boxes for les in lesions] == [6, 9]  # the loose box counts with the best lesion
+    # The default (the authors' rule) links them: one lesion spans both.
+    (joined,) = merge_slices(ks, boxes, scores)
+    assert joined.box_kji.tolist() == [0, 8, 8, 9, 22, 42]
+
+
+def test_a_box_scoring_above_its_parts_still_joins_them() -> None:
+    # A heterogeneous lesion: two halves found on some slices, the whole (scoring higher) on others.
+    ks = np.array([0, 0, 1, 2, 2])
+    boxes = np.array(
+        [[10, 10, 20, 30], [20, 10, 30, 30], [10, 10, 30, 30], [10, 10, 20, 30], [20, 10, 30, 30]], float
+    )
+    scores = np.array([0.7, 0.7, 0.9, 0.6, 0.6])
+    (lesion,) = merge_slices(ks, boxes, scores, MergeSettings(split_bridges=True))
+    assert lesion.box_kji.tolist() == [0, 10, 10, 3, 30, 30] and lesion.n_boxes == 5
+
+
 def test_touches_liver() -> None:
     liver = np.zeros((10, 10, 10), bool)
     liver[5, 5, 5] = True
