@@ -159,7 +159,7 @@ def test_dicom_and_nifti_give_the_same_lesions(runs: dict[str, Any]) -> None:
 
 def test_report_describes_the_run(runs: dict[str, Any], phantom: dict[str, Path], bundle: Path) -> None:
     report = runs["reports"]["dicom"]
-    assert report["schema"] == "liaids.diagnosis" and report["version"] == "1.3"
+    assert report["schema"] == "liaids.diagnosis" and report["version"] == "2.0"
     assert "Not for clinical use" in report["notice"]
     assert report["study"]["patient_id"] == "qzh_0000"
     assert report["study"]["phase_assignment"]["method"] == "tags+images"
@@ -431,10 +431,23 @@ def test_instance_masks_never_overwrite() -> None:
     instances, sources = lesion_instance_mask(
         labels, [(1, (0, 0, 0, 5, 5, 4)), (2, (3, 3, 0, 8, 8, 4)), (3, (8, 8, 3, 10, 10, 4))]
     )
-    assert sources == {1: "segmentation", 2: "segmentation", 3: "box"}
+    assert sources == {1: "segmentation", 2: "segmentation", 3: "ellipsoid"}
     assert int((instances == 1).sum()) == 2 * 3 * 3  # lesion voxels inside box 1
     assert int((instances == 2).sum()) == 2 * 3 * 3 - 2 * 2 * 2  # segmented voxels of box 2 not in box 1
-    assert int((instances == 3).sum()) == 2 * 2 * 1
+    assert int((instances == 3).sum()) == 2 * 2 * 1  # a box this small is all ellipsoid
+
+
+def test_unsegmented_lesion_is_the_ellipsoid_inscribed_in_its_box() -> None:
+    labels = np.zeros((30, 60, 60), np.uint8)
+    instances, sources = lesion_instance_mask(labels, [(1, (10, 20, 5, 50, 40, 25))])
+    mask = instances == 1
+    assert sources == {1: "ellipsoid"}
+    assert mask.sum() == pytest.approx(np.pi / 6 * 40 * 20 * 20, rel=0.03)
+    # It touches the middle of every face of the box and none of its corners.
+    assert mask[15, 30, 10] and mask[15, 30, 49] and mask[15, 20, 30] and mask[15, 39, 30]
+    assert mask[5, 30, 30] and mask[24, 30, 30]
+    assert not mask[5, 20, 10] and not mask[24, 39, 49]
+    assert not mask[:, :20].any() and not mask[:25, :, :10].any()
 
 
 def test_axial_diameter() -> None:

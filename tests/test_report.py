@@ -127,10 +127,12 @@ def test_instance_mask_rule(diagnosis: Diagnosis) -> None:
     lesion_1 = diagnosis.lesions[0].phases["PV"]
     lesion_2 = diagnosis.lesions[1].phases["PV"]
     assert lesion_1.mask == "segmentation" and lesion_1.voxels == 2 * 4 * 4 == int((array == 1).sum())
-    assert lesion_2.mask == "box" and lesion_2.voxels == 6 * 6 * 3 == int((array == 2).sum())
+    # No lesion label in lesion 2's 6 x 6 x 3 box: the inscribed ellipsoid (6 x 6 minus its corners on the
+    # middle slice, the central 4 x 4 on the two others).
+    assert lesion_2.mask == "ellipsoid" and lesion_2.voxels == 32 + 2 * 16 == int((array == 2).sum())
     spacing = diagnosis.input.study["PV"].spacing
-    assert lesion_2.volume_ml == pytest.approx(6 * 6 * 3 * np.prod(spacing) / 1000.0, abs=1e-3)
-    assert lesion_2.diameter_mm == pytest.approx(6 * 2.5)  # a box measures by its longer in-plane side
+    assert lesion_2.volume_ml == pytest.approx(lesion_2.voxels * np.prod(spacing) / 1000.0, abs=1e-3)
+    assert lesion_2.diameter_mm == pytest.approx(6 * 2.5)  # measured by the longer in-plane side of its box
     assert lesion_1.diameter_mm == pytest.approx(np.hypot(3 * 2.5, 3 * 2.5) + 2.5, abs=0.01)
 
 

@@ -289,8 +289,8 @@ class PhaseMeasurement:
         bbox_ijk: the lesion's box in this phase's stored voxels (half-open).
         found: detected in this phase (False: box transferred from the other phases).
         detection_score: the detector's score here, None where not found.
-        mask: ``"segmentation"`` (lesion-labelled voxels inside the box) or ``"box"`` (the whole box, when
-            the segmentation labels no lesion voxel there).
+        mask: ``"segmentation"`` (lesion-labelled voxels inside the box) or ``"ellipsoid"`` (the
+            ellipsoid inscribed in the box, when the segmentation labels no lesion voxel there).
         voxels: voxels of the lesion in this phase's instance mask.
         volume_ml: their volume.
         diameter_mm: longest axial diameter (see :func:`axial_diameter_mm`); None for an empty mask.
@@ -331,14 +331,16 @@ def lesion_instance_mask(
     """Paint one phase's lesion instance mask.
 
     Each lesion gets the voxels its box holds that the segmentation labels as lesion; when there are none,
-    the whole box. Lesions are painted in the order given and never overwrite one another.
+    the ellipsoid inscribed in the box (its axes the box's sides; a round lesion fills about that, where
+    the whole box would count nearly twice its volume). Lesions are painted in the order given and never
+    overwrite one another.
 
     Args:
         labels: the phase's segmentation ``(K, J, I)`` (1 liver, 2 lesion).
         boxes: ``(lesion_id, bbox_ijk)`` pairs, half-open stored voxel indices.
 
     Returns:
-        ``(instances uint16 (K, J, I), lesion_id -> "segmentation" | "box")``.
+        ``(instances uint16 (K, J, I), lesion_id -> "segmentation" | "ellipsoid")``.
     """
     instances = np.zeros(labels.shape, np.uint16)
     sources: dict[int, str] = {}
@@ -351,9 +353,16 @@ def lesion_instance_mask(
             view[inside] = lesion_id
             sources[lesion_id] = "segmentation"
         else:
-            view[free] = lesion_id
-            sources[lesion_id] = "box"
+            view[free & _inscribed_ellipsoid(view.shape)] = lesion_id
+            sources[lesion_id] = "ellipsoid"
     return instances, sources
+
+
+def _inscribed_ellipsoid(shape: tuple[int, ...]) -> np.ndarray:
+    """Voxels of a box of ``shape`` whose centres lie in the ellipsoid touching the box's faces (never empty:
+    the central voxels always do)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g + 0.5 - n / 2.0) / (n / 2.0)) ** 2 for g, n in zip(grids, shape, strict=True)) <= 1.0
 
 
 def axial_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
@@ -385,7 +394,7 @@ def axial_diameter_mm(mask: np.ndarray, spacing: Sequence[float]) -> float | Non
 
 
 def _box_side_mm(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
-    """Longer in-plane side (mm) of a canonical mask's bounding box: the size of a lesion drawn as a box."""
+    """Longer in-plane side (mm) of a canonical mask's bounding box: the major axis of an ellipsoid mask."""
     found = ndimage.find_objects(mask.astype(np.uint8))
     if not found or found[0] is None:
         return None
@@ -401,7 +410,8 @@ def measure_lesions(
     Args:
         volume: the phase's CT (its geometry is used).
         instances: the phase's lesion instance mask.
-        sources: lesion id -> ``"segmentation"`` or ``"box"`` (a box is measured by its longer side).
+        sources: lesion id -> ``"segmentation"`` or ``"ellipsoid"`` (measured by the longer side of its box:
+            the RECIST rule on a few voxels would take a diagonal).
 
     Returns:
         Lesion id -> ``(voxels, volume_ml, diameter_mm)``.
@@ -418,7 +428,9 @@ def measure_lesions(
             continue
         mask = canonical.array[where] == lesion_id
         n = int(mask.sum())
-        diameter = _box_side_mm(mask, spacing) if mask_source == "box" else axial_diameter_mm(mask, spacing)
+        diameter = (
+            _box_side_mm(mask, spacing) if mask_source == "ellipsoid" else axial_diameter_mm(mask, spacing)
+        )
         out[lesion_id] = (n, round(n * voxel_ml, 3), diameter)
     return out
 

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from liaids.pipeline.diagnose import Diagnosis, LesionFinding
 
 SCHEMA = "liaids.diagnosis"
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "2.0"
 #: Lesion voxels of the instance masks, as written into report.json.
 LESION_MASK_RULE = (
-    "voxels of the lesion's box labelled lesion (2) by the liver segmentation of that phase; the whole box "
-    "when the segmentation labels none there; lesions painted by id, never overwriting one another"
+    "voxels of the lesion's box labelled lesion (2) by the liver segmentation of that phase; the ellipsoid "
+    "inscribed in the box when the segmentation labels none there; lesions painted by id, never overwriting "
+    "one another"
 )
 
 
