@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,36 @@ def write_log(out: Path, log: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(log)
+
+
+def run_epoch_steps(
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step_loss: Callable[[], torch.Tensor],
+    epoch: int,
+    epochs: int,
+    steps: int,
+    report: Callable[[str, float], None],
+) -> list[float]:
+    """One epoch of ``steps`` optimiser and scheduler steps on the loss ``step_loss()`` draws, reporting the
+    running loss and the share of all ``epochs * steps`` steps done.
+
+    Returns:
+        The loss of every step.
+    """
+    losses: list[float] = []
+    for step in range(steps):
+        loss = step_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        report(
+            f"epoch {epoch + 1}/{epochs} loss {np.mean(losses[-20:]):.3f}",
+            (epoch * steps + step + 1) / (epochs * steps),
+        )
+    return losses
 
 
 def close_epoch(

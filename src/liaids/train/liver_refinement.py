@@ -48,6 +48,7 @@ from liaids.train.common import (
     close_epoch,
     prepare_output,
     restore_checkpoint,
+    run_epoch_steps,
     split_and_record,
 )
 from liaids.train.segmentation import augment_slabs
@@ -317,19 +318,12 @@ def train_liver_refinement(
     net.train()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
-        losses = []
-        for step in range(cfg.steps_per_epoch):
+
+        def step_loss() -> torch.Tensor:
             inputs, target = _sample(regions["train"], cfg, net_cfg.slab, rng)
-            loss = loss_fn(_refined_logit(net, inputs.to(device)), target.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            report(
-                f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses[-20:]):.3f}",
-                (epoch * cfg.steps_per_epoch + step + 1) / total_steps,
-            )
+            return loss_fn(_refined_logit(net, inputs.to(device)), target.to(device))
+
+        losses = run_epoch_steps(opt, sched, step_loss, epoch, cfg.epochs, cfg.steps_per_epoch, report)
         row = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),
