@@ -69,21 +69,26 @@ def box_error(scans: list[tuple[np.ndarray, np.ndarray, ScanMatch]], threshold: 
 
     Every true lesion whose best hitting detection scores at least ``threshold`` counts once. Per axis
     (i, j, k): the median and SD of log(detected size / true size), and the median absolute centre shift as
-    a share of the true size. The classifier cuts its patches from these boxes and trains on true boxes
-    jittered (``liaids.classification.patches.jitter_box``), so this is the jitter it meets.
+    a share of the true size. The classifier cuts its patches from these boxes; ``samples`` lists each
+    lesion's ``[log size ratio i, j, k, signed centre shift / true size i, j, k, diameter mm]``, which
+    ``liaids train classify --box-errors`` draws its training jitter from
+    (``liaids.classification.patches.BoxErrors``).
     """
     rows: dict[str, list[np.ndarray]] = {}
+    samples = []
     for pred, gt, match in scans:
         for les in match.lesions:
             if les.matched_detection < 0 or not les.best_score >= threshold:
                 continue
             g, d = gt[les.lesion_index].astype(float), pred[les.matched_detection].astype(float)
             size = g[3:] - g[:3]
-            shift = np.abs((d[:3] + d[3:]) - (g[:3] + g[3:])) / 2.0 / size
-            row = np.concatenate([np.log((d[3:] - d[:3]) / size), shift])
+            shift = ((d[:3] + d[3:]) - (g[:3] + g[3:])) / 2.0 / size
+            log_ratio = np.log((d[3:] - d[:3]) / size)
+            samples.append([*np.round(log_ratio, 4).tolist(), *np.round(shift, 4).tolist(), les.diameter_mm])
+            row = np.concatenate([log_ratio, np.abs(shift)])
             rows.setdefault("all", []).append(row)
             rows.setdefault(les.size_stratum, []).append(row)
-    out = {}
+    out: dict = {}
     for stratum, values in rows.items():
         v = np.asarray(values)
         out[stratum] = {
@@ -92,6 +97,8 @@ def box_error(scans: list[tuple[np.ndarray, np.ndarray, ScanMatch]], threshold: 
             "log_size_ratio_sd_ijk": np.round(v[:, :3].std(axis=0), 3).tolist(),
             "centre_shift_median_ijk": np.round(np.median(v[:, 3:], axis=0), 3).tolist(),
         }
+    out["threshold"] = threshold
+    out["samples"] = samples
     return out
 
 
@@ -235,7 +242,10 @@ def main() -> None:
         result = ircadb(a.shared, a.weights, use_filter)
     else:
         result = speed(a.weights, a.repeats, use_filter)
-    emit(result, a.out, {k: v for k, v in result.items() if k not in ("lesions", "detections")})
+    shown = {k: v for k, v in result.items() if k not in ("lesions", "detections")}
+    if "box_error_at_2fp" in shown:
+        shown["box_error_at_2fp"] = {k: v for k, v in shown["box_error_at_2fp"].items() if k != "samples"}
+    emit(result, a.out, shown)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from liaids.classification.patches import (
     BoxError,
+    BoxErrors,
     PatchPlan,
     boxes_from_instances,
     crop_region,
@@ -15,6 +18,7 @@ from liaids.classification.patches import (
     extract_patches,
     jitter_box,
 )
+from liaids.errors import LiaidsError
 from liaids.types import Volume
 
 PLAN = PatchPlan(shape=(8, 32, 32))
@@ -144,3 +148,47 @@ def test_jitter_moves_and_resizes_like_a_detector_and_stays_inside() -> None:
     assert np.median(inter / union) > 0.5  # a detector's typical overlap with the truth
     near_edge = jitter_box((0, 0, 0, 3, 3, 1), rng, (0.7, 0.7, 5.0), shape)
     assert near_edge[0] >= 0 and near_edge[3] > near_edge[0]
+
+
+def test_measured_box_errors_are_applied_by_lesion_size(tmp_path) -> None:
+    # one small-lesion error (box 3 times larger, centre a quarter of a size to +i) and one for the rest
+    small = [np.log(3.0), np.log(3.0), 0.0, 0.25, 0.0, 0.0, 6.0]
+    large = [np.log(1.2), 0.0, 0.0, 0.0, -0.5, 0.0, 30.0]
+    path = tmp_path / "detection.json"
+    engulfing = [3.0, 3.0, 2.0, 6.0, 4.0, 1.0, 5.0]  # a small lesion "hit" by another object's box
+    path.write_text(json.dumps({"box_error_at_2fp": {"samples": [small, large, engulfing]}}))
+    errors = BoxErrors.load(path)
+    rng = np.random.default_rng(0)
+    shape = (40, 200, 200)
+    box = (100, 100, 10, 110, 110, 12)  # 10 x 10 x 2 voxels
+    assert errors.pool(6.0).tolist() == [True, False, False] and errors.pool(30.0).tolist() == [
+        False,
+        True,
+        False,
+    ]
+    for _ in range(5):
+        assert errors.apply(box, rng, 6.0, shape) == (93, 90, 10, 123, 120, 12)
+    assert errors.apply(box, rng, 30.0, shape) == (99, 95, 10, 111, 105, 12)
+    edge = errors.apply((0, 0, 0, 10, 10, 2), rng, 6.0, shape)
+    assert edge[:3] == (0, 0, 0) and edge[3] > 10
+    summary = errors.summary()
+    assert summary["lesions"] == 3 and summary["lesions_under_1cm"] == 2 and len(summary["sha256_16"]) == 16
+    assert BoxErrors.load(path).digest == errors.digest
+    (tmp_path / "plain.json").write_text(json.dumps(errors.to_json()))
+    assert BoxErrors.load(tmp_path / "plain.json").digest == errors.digest
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        json.dumps({"recall": 0.5}),
+        json.dumps({"samples": [[1, 2, 3]]}),
+        json.dumps({"samples": []}),
+    ],
+)
+def test_unusable_box_error_files_are_refused_naming_the_file(tmp_path, content: str) -> None:
+    path = tmp_path / "errors.json"
+    path.write_text(content)
+    with pytest.raises(LiaidsError, match=r"errors\.json"):
+        BoxErrors.load(path)

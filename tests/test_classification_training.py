@@ -171,6 +171,50 @@ def test_training_writes_artefacts_resumes_and_the_model_classifies(
         clf.classify(case.study, lesions, {**CLINICAL, "age": -4})
 
 
+def test_jitter_from_measured_box_errors_is_recorded_and_cached_apart(
+    phantom_dataset: Path, tmp_path: Path
+) -> None:
+    errors = tmp_path / "detection.json"
+    rows = [[0.2, 0.2, 0.0, 0.1, 0.0, 0.0, 25.0], [1.5, 1.5, 0.7, 0.0, 0.3, 0.0, 6.0]]
+    errors.write_text(json.dumps({"box_error_at_2fp": {"samples": rows}}))
+    cache = tmp_path / "cache"
+    out = tmp_path / "measured"
+    train_classification(
+        phantom_dataset,
+        out,
+        "full",
+        "small",
+        epochs=1,
+        jitter_copies=1,
+        seed=3,
+        cache=cache,
+        box_errors=errors,
+    )
+    recorded = json.loads((out / "config.json").read_text())["training"]["box_errors"]
+    kept = json.loads((out / "box_errors.json").read_text())
+    assert recorded["lesions"] == 2 and recorded["lesions_under_1cm"] == 1
+    assert kept["samples"] == rows and kept["sha256_16"] == recorded["sha256_16"]
+    train_classification(
+        phantom_dataset,
+        tmp_path / "gaussian",
+        "full",
+        "small",
+        epochs=1,
+        jitter_copies=1,
+        seed=3,
+        cache=cache,
+    )
+    gaussian = json.loads((tmp_path / "gaussian" / "config.json").read_text())["training"]["box_errors"]
+    assert gaussian == "gaussian"
+    caches = sorted(cache.glob("patches_*.npz"))
+    assert len(caches) == 2  # the same cases and seed, other jitter: never the same cache file
+    with np.load(caches[0]) as a, np.load(caches[1]) as b:
+        assert np.array_equal(a["copies"], b["copies"])
+        exact = a["copies"] == 0
+        assert np.array_equal(a["patches"][exact], b["patches"][exact])
+        assert not np.array_equal(a["patches"][~exact], b["patches"][~exact])
+
+
 def test_clinical_variant_reads_no_images_and_wrong_model_kinds_are_refused(
     phantom_dataset: Path, tmp_path: Path
 ) -> None:

@@ -423,6 +423,13 @@ def train_classify(
     cache: Annotated[
         Path | None, typer.Option(help="Patch cache folder to share between runs (default OUT).")
     ] = None,
+    box_errors: Annotated[
+        Path | None,
+        typer.Option(
+            help="Detection benchmark result (benchmarks/detection.py accuracy --out) whose measured box "
+            "errors the training jitter is drawn from (default: Gaussian jitter)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Train the lesion classifier (three-phase DenseNet with phase interaction and clinical fusion)."""
@@ -439,6 +446,7 @@ def train_classify(
             resume=resume,
             splits_file=splits_file,
             cache=cache,
+            box_errors=box_errors,
             device=device,
             progress=progress,
         )

@@ -21,16 +21,19 @@ Crop rule (the authors' code, made spacing-independent):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
 from liaids.codes import PHASES
-from liaids.errors import BoxError
+from liaids.errors import BoxError, LiaidsError
 from liaids.types import Volume
 
 BBox = tuple[int, int, int, int, int, int]
@@ -275,7 +278,9 @@ def jitter_box(
     scale: float = 0.15,
     max_shift_mm: float = 8.0,
 ) -> BBox:
-    """Perturb a box as a detector would: centre shift and size change, independently per axis.
+    """Perturb a box as a detector might: centre shift and size change, independently per axis.
+
+    Gaussian, for when no measured errors are at hand; :class:`BoxErrors` draws measured ones.
 
     Args:
         bbox: the true box.
@@ -294,7 +299,112 @@ def jitter_box(
     centre = (b[:3] + b[3:]) / 2.0
     cap = max_shift_mm / np.asarray(spacing, float)
     centre = centre + np.clip(rng.normal(0.0, shift, 3) * size, -cap, cap)
-    size = size * np.exp(rng.normal(0.0, scale, 3))
+    return _clip_box(centre, size * np.exp(rng.normal(0.0, scale, 3)), shape_kji)
+
+
+SMALL_LESION_MM = 10.0
+
+
+@dataclass(frozen=True)
+class BoxErrors:
+    """Measured errors of a detector's boxes, for training the classifier on boxes like the ones it meets.
+
+    ``benchmarks/detection.py accuracy --out FILE`` writes them (``box_error_at_2fp.samples``): for each
+    true lesion found at the operating point of 2 false positives per scan, the log of detected / true
+    box size and the signed centre shift as a share of the true size, per axis ``(i, j, k)``, and the
+    lesion's diameter. Lesions under 1 cm and the rest are drawn from separately, because a detector's
+    small-lesion hits are mostly boxes of something else that engulf them (a hit through IoM > 0.5):
+    on the phantom 21 of 22, boxes about 25 times too large, centred several lesion sizes away. A patch
+    cut from such a box shows the lesion as a pixel or two and teaches nothing about it, so lesions under
+    1 cm draw only from errors of boxes that are their own (centre inside the true box), pooled with the
+    larger lesions' when fewer than ``MIN_POOL``. Larger lesions draw from all their errors, engulfing
+    boxes included: there the lesion still fills a good part of the patch.
+
+    Args:
+        samples: ``(N, 7)``: log size ratio i, j, k; centre shift / size i, j, k; diameter in mm.
+        source: the file they came from.
+    """
+
+    samples: np.ndarray
+    source: str = ""
+    MIN_POOL: ClassVar[int] = 20
+
+    @classmethod
+    def load(cls, path: str | Path) -> BoxErrors:
+        """Read a detection benchmark result, or a JSON ``{"samples": [[...7 values], ...]}``.
+
+        Raises:
+            LiaidsError: unreadable file, no samples, or rows that are not 7 finite numbers.
+        """
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise LiaidsError(f"cannot read box errors: {exc}", path) from exc
+        rows = doc.get("box_error_at_2fp", doc).get("samples") if isinstance(doc, dict) else None
+        try:
+            samples = np.asarray(rows, float)
+        except (TypeError, ValueError):
+            samples = np.zeros((0, 0))
+        if samples.ndim != 2 or samples.shape[1] != 7 or len(samples) == 0 or not np.isfinite(samples).all():
+            raise LiaidsError("no box error samples (box_error_at_2fp.samples: rows of 7 numbers)", path)
+        return cls(samples, str(path))
+
+    @property
+    def digest(self) -> str:
+        """Checksum of the samples (names the patch cache and goes into the model's config)."""
+        return hashlib.sha256(np.ascontiguousarray(self.samples, np.float64).tobytes()).hexdigest()[:16]
+
+    def summary(self) -> dict:
+        """What a model's ``config.json`` records of them."""
+        small = self.samples[:, 6] < SMALL_LESION_MM
+        return {
+            "source": self.source,
+            "sha256_16": self.digest,
+            "lesions": len(self.samples),
+            "lesions_under_1cm": int(small.sum()),
+            "own_boxes_under_1cm": int((small & (np.abs(self.samples[:, 3:6]) < 0.5).all(axis=1)).sum()),
+            "log_size_ratio_median_ijk": np.round(np.median(self.samples[:, :3], axis=0), 3).tolist(),
+        }
+
+    def to_json(self) -> dict:
+        return {"samples": self.samples.tolist()}
+
+    def pool(self, diameter_mm: float) -> np.ndarray:
+        """Which samples a lesion of this diameter draws from (boolean mask, never empty)."""
+        small = self.samples[:, 6] < SMALL_LESION_MM
+        own = (np.abs(self.samples[:, 3:6]) < 0.5).all(axis=1)
+        if diameter_mm >= SMALL_LESION_MM:
+            pool = ~small
+        else:
+            pool = small & own
+            if pool.sum() < self.MIN_POOL:
+                pool = own
+        return pool if pool.any() else np.ones(len(self.samples), bool)
+
+    def apply(
+        self, bbox: BBox, rng: np.random.Generator, diameter_mm: float, shape_kji: tuple[int, int, int]
+    ) -> BBox:
+        """A box placed with the error of a detected lesion of the same size class, drawn at random.
+
+        Args:
+            bbox: the true box.
+            rng: random generator.
+            diameter_mm: the lesion's diameter (picks the under-1-cm or the larger lesions' errors).
+            shape_kji: the volume's shape; the result is clipped to it.
+
+        Returns:
+            A box with at least one voxel per axis, inside the volume.
+        """
+        pool = self.samples[self.pool(diameter_mm)]
+        row = pool[rng.integers(len(pool))]
+        b = np.asarray(bbox, float)
+        size = b[3:] - b[:3]
+        centre = (b[:3] + b[3:]) / 2.0 + row[3:6] * size
+        return _clip_box(centre, size * np.exp(row[:3]), shape_kji)
+
+
+def _clip_box(centre: np.ndarray, size: np.ndarray, shape_kji: tuple[int, int, int]) -> BBox:
     lo = np.floor(centre - size / 2.0 + 0.5).astype(int)
     hi = np.maximum(np.floor(centre + size / 2.0 + 0.5).astype(int), lo + 1)
     limit = np.asarray(shape_kji[::-1])

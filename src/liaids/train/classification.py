@@ -6,9 +6,10 @@ Steps, each leaving an artefact in the output folder so that a run can be repeat
 2. ``plan.json``: the patch plan (crop rule, patch shape, HU window);
 3. ``cache/patches_<hash>.npz``: three-phase patches of every lesion, cut once from the ground-truth
    boxes of the instance masks: copy 0 with the exact box, copies 1..n with boxes jittered as a detector
-   would place them (a lesion missing from one phase's mask gets its box moved there on the liver
-   alignment). Cutting patches from NIfTI is the slow part (about 1.5 s per case), so several variants can
-   share one cache folder;
+   would place them (drawn from a detector's measured box errors given as ``box_errors``, kept in the
+   output folder as ``box_errors.json``, else Gaussian; a lesion missing from one phase's mask gets its
+   box moved there on the liver alignment). Cutting patches from NIfTI is the slow part (about 1.5 s
+   per case), so several variants can share one cache folder;
 4. training with class-balanced sampling and online augmentation (in-plane flips, small rotations and
    scaling, per-phase intensity jitter, noise); ``last.pt`` after every epoch (resume with
    ``resume=True``), ``log.csv`` / ``log.json`` (loss, validation accuracy and AUCs per epoch), and the
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from liaids.classification.matching import align_livers
 from liaids.classification.patches import (
     PATCH_PLANS,
+    BoxErrors,
     PatchPlan,
     boxes_from_instances,
     extract_lesion_patches,
@@ -54,7 +56,7 @@ from liaids.train.common import (
     write_log,
 )
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,12 @@ def lesion_samples(
     plan: PatchPlan,
     copies: int,
     rng: np.random.Generator,
+    box_errors: BoxErrors | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray, int, int]]:
     """Three-phase patches of every lesion of a case: the exact box, then ``copies`` jittered boxes.
+
+    The jitter is drawn from ``box_errors`` (each phase independently, as each phase has its own
+    detections) or, without them, from :func:`jitter_box`'s Gaussian.
 
     Returns:
         ``(patches (3, D, H, W) float32, extents (3, 3), label, clinical (7,), lesion_id, copy)`` per sample.
@@ -160,10 +166,16 @@ def lesion_samples(
             else:  # not visible in this phase's mask: where the liver alignment puts it
                 alignment = alignment or align_livers(volumes, case.liver)
                 exact[p] = alignment.transfer(truth[present[0]][record.lesion_id], present[0], p, volumes)
-        boxes = [exact] + [
-            {p: jitter_box(exact[p], rng, volumes[p].spacing, volumes[p].shape) for p in PHASES}
-            for _ in range(copies)
-        ]
+        if box_errors is None:
+            boxes = [exact] + [
+                {p: jitter_box(exact[p], rng, volumes[p].spacing, volumes[p].shape) for p in PHASES}
+                for _ in range(copies)
+            ]
+        else:
+            boxes = [exact] + [
+                {p: box_errors.apply(exact[p], rng, record.diameter_mm, volumes[p].shape) for p in PHASES}
+                for _ in range(copies)
+            ]
         patches, extents = extract_lesion_patches(volumes, boxes, plan)
         label = LESION_TYPES.index(record.lesion_type)
         out.extend((patches[n], extents[n], label, clinical, record.lesion_id, n) for n in range(len(boxes)))
@@ -178,6 +190,7 @@ def build_patch_cache(
     seed: int,
     folder: Path,
     progress: Callable[[str, float], None] | None = None,
+    box_errors: BoxErrors | None = None,
 ) -> PatchSet:
     """Cut (or reuse) the cached patches of all lesions of ``case_ids``.
 
@@ -194,6 +207,7 @@ def build_patch_cache(
         seed: seeds the jitter.
         folder: the cache folder (created).
         progress: called with a message and the fraction done.
+        box_errors: measured detector box errors to draw the jitter from (None: Gaussian jitter).
 
     Returns:
         The samples.
@@ -206,6 +220,7 @@ def build_patch_cache(
         "plan": plan.to_dict() if plan else None,
         "copies": copies if plan else 0,
         "seed": seed,
+        "box_errors": box_errors.digest if box_errors is not None and plan else None,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     path = folder / f"{'patches' if plan else 'clinical'}_{digest}.npz"
@@ -226,7 +241,9 @@ def build_patch_cache(
                 for r in info.lesions
             )
         else:
-            for patch, extent, label, vec, lid, copy in lesion_samples(ds, case_id, plan, copies, rng):
+            for patch, extent, label, vec, lid, copy in lesion_samples(
+                ds, case_id, plan, copies, rng, box_errors
+            ):
                 rows.append((np.rint(patch * 255.0).astype(np.uint8), extent, label, vec, lid, copy, case_id))
         report(f"cutting lesion patches {case_id}", (n + 1) / len(case_ids))
     if not rows:
@@ -350,6 +367,7 @@ def train_classification(
     batch: int | None = None,
     lr: float | None = None,
     jitter_copies: int | None = None,
+    box_errors: str | Path | None = None,
     seed: int = 0,
     resume: bool = False,
     max_cases: int | None = None,
@@ -366,6 +384,8 @@ def train_classification(
         variant: ``full``, ``image``, ``clinical`` or ``concat``.
         profile: ``small`` or ``paper`` (network size, patch plan, optimiser settings).
         epochs, batch, lr, jitter_copies: override the profile's settings.
+        box_errors: a detection benchmark result (``benchmarks/detection.py accuracy --out``) whose
+            measured box errors the jittered copies are drawn from; None: Gaussian jitter.
         seed: seeds the split, jitter, sampling, augmentation and initialisation.
         resume: continue from ``out/last.pt``.
         max_cases: use only the first N cases (quick runs).
@@ -410,7 +430,10 @@ def train_classification(
     # The clinical variant needs no image: without a shared cache it reads only case.json.
     use_plan = plan if (net_cfg.uses_image or cache) else None
     cache_dir = Path(cache) if cache else out / "cache"
-    samples = build_patch_cache(data, case_ids, use_plan, cfg.jitter_copies, seed, cache_dir, report)
+    errors = BoxErrors.load(box_errors) if box_errors is not None else None
+    if errors is not None:
+        (out / "box_errors.json").write_text(json.dumps({**errors.summary(), **errors.to_json()}) + "\n")
+    samples = build_patch_cache(data, case_ids, use_plan, cfg.jitter_copies, seed, cache_dir, report, errors)
     in_val = np.isin(samples.case_ids, splits["val"])
     train_set, val_set = samples.select(~in_val), samples.select(in_val)
     if len(train_set) == 0 or len(val_set) == 0:
@@ -448,6 +471,7 @@ def train_classification(
             "val_cases": len(splits["val"]),
             "train_lesions": dict(zip(LESION_TYPES, counts.tolist(), strict=True)),
             "val_lesions": int((val_set.copies == 0).sum()),
+            "box_errors": errors.summary() if errors is not None else "gaussian",
         },
     }
     net.train()
