@@ -317,8 +317,8 @@ class BoxErrors:
     on the phantom 21 of 22, boxes about 25 times too large, centred several lesion sizes away. A patch
     cut from such a box shows the lesion as a pixel or two and teaches nothing about it, so lesions under
     1 cm draw only from errors of boxes that are their own (centre inside the true box), pooled with the
-    larger lesions' own boxes when fewer than ``MIN_POOL``. Larger lesions draw from all their errors, engulfing
-    boxes included: there the lesion still fills a good part of the patch.
+    larger lesions' own boxes when fewer than ``MIN_POOL``. Larger lesions draw from all their errors,
+    engulfing boxes included: there the lesion still fills a good part of the patch.
 
     Args:
         samples: ``(N, 7)``: log size ratio i, j, k; centre shift / size i, j, k; diameter in mm.
