@@ -179,31 +179,13 @@ def test_jitter_from_measured_box_errors_is_recorded_and_cached_apart(
     errors.write_text(json.dumps({"box_error_at_2fp": {"samples": rows}}))
     cache = tmp_path / "cache"
     out = tmp_path / "measured"
-    train_classification(
-        phantom_dataset,
-        out,
-        "full",
-        "small",
-        epochs=1,
-        jitter_copies=1,
-        seed=3,
-        cache=cache,
-        box_errors=errors,
-    )
+    quick: dict = {"epochs": 1, "jitter_copies": 1, "seed": 3, "cache": cache}
+    train_classification(phantom_dataset, out, "full", "small", box_errors=errors, **quick)
     recorded = json.loads((out / "config.json").read_text())["training"]["box_errors"]
     kept = json.loads((out / "box_errors.json").read_text())
     assert recorded["lesions"] == 2 and recorded["lesions_under_1cm"] == 1
     assert kept["samples"] == rows and kept["sha256_16"] == recorded["sha256_16"]
-    train_classification(
-        phantom_dataset,
-        tmp_path / "gaussian",
-        "full",
-        "small",
-        epochs=1,
-        jitter_copies=1,
-        seed=3,
-        cache=cache,
-    )
+    train_classification(phantom_dataset, tmp_path / "gaussian", "full", "small", **quick)
     gaussian = json.loads((tmp_path / "gaussian" / "config.json").read_text())["training"]["box_errors"]
     assert gaussian == "gaussian"
     caches = sorted(cache.glob("patches_*.npz"))
