@@ -185,6 +185,7 @@ def test_measured_box_errors_are_applied_by_lesion_size(tmp_path) -> None:
         json.dumps({"recall": 0.5}),
         json.dumps({"samples": [[1, 2, 3]]}),
         json.dumps({"samples": []}),
+        json.dumps({"box_error_at_2fp": [1, 2]}),
     ],
 )
 def test_unusable_box_error_files_are_refused_naming_the_file(tmp_path, content: str) -> None:

@@ -341,7 +341,8 @@ class BoxErrors:
             doc = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise LiaidsError(f"cannot read box errors: {exc}", path) from exc
-        rows = doc.get("box_error_at_2fp", doc).get("samples") if isinstance(doc, dict) else None
+        section = doc.get("box_error_at_2fp", doc) if isinstance(doc, dict) else None
+        rows = section.get("samples") if isinstance(section, dict) else None
         try:
             samples = np.asarray(rows, float)
         except (TypeError, ValueError):
@@ -355,15 +356,24 @@ class BoxErrors:
         """Checksum of the samples (names the patch cache and goes into the model's config)."""
         return hashlib.sha256(np.ascontiguousarray(self.samples, np.float64).tobytes()).hexdigest()[:16]
 
+    @property
+    def small(self) -> np.ndarray:
+        """Which samples are of lesions under 1 cm."""
+        return self.samples[:, 6] < SMALL_LESION_MM
+
+    @property
+    def own(self) -> np.ndarray:
+        """Which samples are of boxes of the lesion itself (centre inside the true box)."""
+        return (np.abs(self.samples[:, 3:6]) < 0.5).all(axis=1)
+
     def summary(self) -> dict:
         """What a model's ``config.json`` records of them."""
-        small = self.samples[:, 6] < SMALL_LESION_MM
         return {
             "source": self.source,
             "sha256_16": self.digest,
             "lesions": len(self.samples),
-            "lesions_under_1cm": int(small.sum()),
-            "own_boxes_under_1cm": int((small & (np.abs(self.samples[:, 3:6]) < 0.5).all(axis=1)).sum()),
+            "lesions_under_1cm": int(self.small.sum()),
+            "own_boxes_under_1cm": int((self.small & self.own).sum()),
             "log_size_ratio_median_ijk": np.round(np.median(self.samples[:, :3], axis=0), 3).tolist(),
         }
 
@@ -372,14 +382,12 @@ class BoxErrors:
 
     def pool(self, diameter_mm: float) -> np.ndarray:
         """Which samples a lesion of this diameter draws from (boolean mask, never empty)."""
-        small = self.samples[:, 6] < SMALL_LESION_MM
-        own = (np.abs(self.samples[:, 3:6]) < 0.5).all(axis=1)
         if diameter_mm >= SMALL_LESION_MM:
-            pool = ~small
+            pool = ~self.small
         else:
-            pool = small & own
+            pool = self.small & self.own
             if pool.sum() < self.MIN_POOL:
-                pool = own
+                pool = self.own
         return pool if pool.any() else np.ones(len(self.samples), bool)
 
     def apply(

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from liaids.classification.matching import align_livers
 from liaids.classification.patches import (
     PATCH_PLANS,
+    BBox,
     BoxErrors,
     PatchPlan,
     boxes_from_instances,
@@ -55,6 +56,7 @@ from liaids.train.common import (
     split_and_record,
     write_log,
 )
+from liaids.types import Volume
 
 CACHE_VERSION = 3
 
@@ -166,20 +168,22 @@ def lesion_samples(
             else:  # not visible in this phase's mask: where the liver alignment puts it
                 alignment = alignment or align_livers(volumes, case.liver)
                 exact[p] = alignment.transfer(truth[present[0]][record.lesion_id], present[0], p, volumes)
-        if box_errors is None:
-            boxes = [exact] + [
-                {p: jitter_box(exact[p], rng, volumes[p].spacing, volumes[p].shape) for p in PHASES}
-                for _ in range(copies)
-            ]
-        else:
-            boxes = [exact] + [
-                {p: box_errors.apply(exact[p], rng, record.diameter_mm, volumes[p].shape) for p in PHASES}
-                for _ in range(copies)
-            ]
+        boxes = [exact] + [
+            {p: _jittered(exact[p], volumes[p], record.diameter_mm, rng, box_errors) for p in PHASES}
+            for _ in range(copies)
+        ]
         patches, extents = extract_lesion_patches(volumes, boxes, plan)
         label = LESION_TYPES.index(record.lesion_type)
         out.extend((patches[n], extents[n], label, clinical, record.lesion_id, n) for n in range(len(boxes)))
     return out
+
+
+def _jittered(
+    bbox: BBox, volume: Volume, diameter_mm: float, rng: np.random.Generator, box_errors: BoxErrors | None
+) -> BBox:
+    if box_errors is None:
+        return jitter_box(bbox, rng, volume.spacing, volume.shape)
+    return box_errors.apply(bbox, rng, diameter_mm, volume.shape)
 
 
 def build_patch_cache(
@@ -417,6 +421,7 @@ def train_classification(
     )
     net_cfg = PROFILES[profile].with_variant(variant)
     plan = PATCH_PLANS[profile]
+    errors = BoxErrors.load(box_errors) if box_errors is not None else None  # before anything is written
     out = prepare_output(out, resume)
     report = progress or (lambda _msg, _frac: None)
     ds = Dataset(data)
@@ -430,7 +435,6 @@ def train_classification(
     # The clinical variant needs no image: without a shared cache it reads only case.json.
     use_plan = plan if (net_cfg.uses_image or cache) else None
     cache_dir = Path(cache) if cache else out / "cache"
-    errors = BoxErrors.load(box_errors) if box_errors is not None else None
     if errors is not None:
         (out / "box_errors.json").write_text(json.dumps({**errors.summary(), **errors.to_json()}) + "\n")
     samples = build_patch_cache(data, case_ids, use_plan, cfg.jitter_copies, seed, cache_dir, report, errors)
