@@ -188,6 +188,11 @@ def test_jitter_from_measured_box_errors_is_recorded_and_cached_apart(
     train_classification(phantom_dataset, tmp_path / "gaussian", "full", "small", **quick)
     gaussian = json.loads((tmp_path / "gaussian" / "config.json").read_text())["training"]["box_errors"]
     assert gaussian == "gaussian"
+    clinical = train_classification(
+        phantom_dataset, tmp_path / "clin", "clinical", "small", box_errors=errors, **quick
+    )
+    assert json.loads((clinical / "config.json").read_text())["training"]["box_errors"].startswith("unused")
+    assert not (clinical / "box_errors.json").exists()
     caches = sorted(cache.glob("patches_*.npz"))
     assert len(caches) == 2  # the same cases and seed, other jitter: never the same cache file
     with np.load(caches[0]) as a, np.load(caches[1]) as b:

@@ -23,6 +23,9 @@ LESION_TYPE_NAMES: Final[dict[str, str]] = {
     "HA": "hepatic abscess",
 }
 
+#: The paper's small-lesion cutoff: detection and classification figures are split at lesions under 1 cm.
+SMALL_LESION_MM: Final[float] = 10.0
+
 MALIGNANT_TYPES: Final[frozenset[str]] = frozenset({"HCC", "ICC", "HM"})
 BENIGN_TYPES: Final[frozenset[str]] = frozenset({"FNH", "HH", "HC", "HA"})
 

@@ -32,7 +32,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from liaids.codes import PHASES
+from liaids.codes import PHASES, SMALL_LESION_MM
 from liaids.errors import BoxError, LiaidsError
 from liaids.types import Volume
 
@@ -300,9 +300,6 @@ def jitter_box(
     cap = max_shift_mm / np.asarray(spacing, float)
     centre = centre + np.clip(rng.normal(0.0, shift, 3) * size, -cap, cap)
     return _clip_box(centre, size * np.exp(rng.normal(0.0, scale, 3)), shape_kji)
-
-
-SMALL_LESION_MM = 10.0
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from liaids.codes import LESION_TYPES, MALIGNANT_TYPES, PHASES
+from liaids.codes import LESION_TYPES, MALIGNANT_TYPES, PHASES, SMALL_LESION_MM
 from liaids.dataset import Dataset
 from liaids.errors import DatasetError, LiaidsError, PredictionError
 from liaids.evaluate.detection import (
@@ -586,7 +586,7 @@ def match_case(
     match_phase: str = "any",
     iou_threshold: float = 0.3,
     iom_threshold: float = 0.5,
-    size_cutoff_mm: float = 10.0,
+    size_cutoff_mm: float = SMALL_LESION_MM,
     score_threshold: float = 0.0,
 ) -> CaseMatch:
     """Match one case's predicted lesions to its true lesions (rules in the module docstring).
@@ -850,7 +850,7 @@ def build_tables(
     match_phase: str = "any",
     iou_threshold: float = 0.3,
     iom_threshold: float = 0.5,
-    size_cutoff_mm: float = 10.0,
+    size_cutoff_mm: float = SMALL_LESION_MM,
     score_threshold: float = 0.0,
     binary_threshold: float = 0.5,
 ) -> CohortTables:
@@ -1048,7 +1048,7 @@ def classify_truth_boxes(
     truths: Mapping[str, CaseTruth],
     classifiers: Mapping[str, Any],
     *,
-    size_cutoff_mm: float = 10.0,
+    size_cutoff_mm: float = SMALL_LESION_MM,
     progress: Progress | None = None,
 ) -> dict[str, TruthBoxPredictions]:
     """Run classifiers on the true lesion boxes (each case's images are read once for all classifiers).

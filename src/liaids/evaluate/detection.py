@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from liaids.codes import SMALL_LESION_MM
 from liaids.errors import EvaluationInputError
 from liaids.evaluate.statistics import proportion_ci
 
@@ -146,7 +147,7 @@ def box_diameter_mm(boxes: npt.ArrayLike, spacing: Sequence[float]) -> np.ndarra
     return np.max(extent[:, :2], axis=1)
 
 
-def size_stratum(diameter_mm: float, cutoff_mm: float = 10.0) -> str:
+def size_stratum(diameter_mm: float, cutoff_mm: float = SMALL_LESION_MM) -> str:
     """``"<10mm"`` below ``cutoff_mm``, ``">=10mm"`` otherwise."""
     return SMALL if diameter_mm < cutoff_mm else LARGE
 
@@ -223,7 +224,7 @@ def match_scan(
     score_threshold: float = 0.0,
     iou_threshold: float = 0.3,
     iom_threshold: float = 0.5,
-    size_cutoff_mm: float = 10.0,
+    size_cutoff_mm: float = SMALL_LESION_MM,
 ) -> ScanMatch:
     """Match the detections of one scan to its ground-truth lesions with the paper's hit rule.
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from liaids.codes import LESION_TYPES, MALIGNANT_TYPES
+from liaids.codes import LESION_TYPES, MALIGNANT_TYPES, SMALL_LESION_MM
 from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
 from liaids.evaluate.cohort import (
@@ -87,7 +87,7 @@ class EvaluationSettings:
     match_phase: str = "any"
     iou_threshold: float = 0.3
     iom_threshold: float = 0.5
-    size_cutoff_mm: float = 10.0
+    size_cutoff_mm: float = SMALL_LESION_MM
     score_threshold: float = 0.0
     binary_threshold: float = 0.5
     n_resamples: int = 1000

@@ -178,6 +178,13 @@ def lesion_samples(
     return out
 
 
+def _jitter_record(errors: BoxErrors | None, uses_image: bool) -> dict[str, Any] | str:
+    """What config.json says of the jitter; a model that reads no image learnt nothing from it."""
+    if not uses_image:
+        return "unused (no image input)"
+    return errors.summary() if errors is not None else "gaussian"
+
+
 def _jittered(
     bbox: BBox, volume: Volume, diameter_mm: float, rng: np.random.Generator, box_errors: BoxErrors | None
 ) -> BBox:
@@ -435,7 +442,7 @@ def train_classification(
     # The clinical variant needs no image: without a shared cache it reads only case.json.
     use_plan = plan if (net_cfg.uses_image or cache) else None
     cache_dir = Path(cache) if cache else out / "cache"
-    if errors is not None:
+    if errors is not None and net_cfg.uses_image:
         (out / "box_errors.json").write_text(json.dumps({**errors.summary(), **errors.to_json()}) + "\n")
     samples = build_patch_cache(data, case_ids, use_plan, cfg.jitter_copies, seed, cache_dir, report, errors)
     in_val = np.isin(samples.case_ids, splits["val"])
@@ -475,7 +482,7 @@ def train_classification(
             "val_cases": len(splits["val"]),
             "train_lesions": dict(zip(LESION_TYPES, counts.tolist(), strict=True)),
             "val_lesions": int((val_set.copies == 0).sum()),
-            "box_errors": errors.summary() if errors is not None else "gaussian",
+            "box_errors": _jitter_record(errors, net_cfg.uses_image),
         },
     }
     net.train()
