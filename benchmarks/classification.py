@@ -13,7 +13,7 @@ binary AUC >= 0.98.
 
 Run:
   .venv/bin/python benchmarks/classification.py --data DATASET --weights DIR [DIR ...] [--jitter 2]
-      [--out benchmarks/results/classification_zzh.json]
+      [--flip-average config|on|off] [--out benchmarks/results/classification_zzh.json]
 """
 
 from __future__ import annotations
@@ -83,11 +83,13 @@ def _meets_targets(metrics: dict[str, Any]) -> dict[str, bool]:
     return {k: bool(metrics[k] >= v) for k, v in TARGETS.items()}
 
 
-def evaluate(data: Path, weights: list[Path], jitter: int, seed: int) -> dict[str, Any]:
+def evaluate(
+    data: Path, weights: list[Path], jitter: int, seed: int, flip_average: bool | None = None
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     torch.set_num_threads(1)
     ds = Dataset(data)
-    models = {str(w): LesionClassifier.from_weights(w) for w in weights}
+    models = {str(w): LesionClassifier.from_weights(w, flip_average=flip_average) for w in weights}
     # Patches are cut once per distinct patch plan (every small model shares one).
     plans = {json.dumps(m.plan.to_dict()): m.plan for m in models.values()}
     samples = {key: _samples(ds, plan, jitter, seed) for key, plan in plans.items()}
@@ -100,6 +102,7 @@ def evaluate(data: Path, weights: list[Path], jitter: int, seed: int) -> dict[st
             "variant": model.variant,
             "profile": model.config.get("profile"),
             "best_epoch": model.config.get("best_epoch"),
+            "flip_average": model.flip_average,
             "weights_mb": round((Path(name) / "model.pt").stat().st_size / 1e6, 3),
             "truth_boxes": lesion_metrics(s["labels"][exact], probs[exact]),
             "truth_boxes_by_stratum": _strata(s, probs.argmax(1) == s["labels"]),
@@ -160,8 +163,15 @@ def main() -> None:
     ap.add_argument("--jitter", type=int, default=0, help="jittered box copies per lesion (0 = none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the jitter")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write (benchmarks/results/...)")
+    ap.add_argument(
+        "--flip-average",
+        choices=("config", "on", "off"),
+        default="config",
+        help="average in-plane flips of each patch (default: as each model's config.json says)",
+    )
     a = ap.parse_args()
-    result = evaluate(a.data, a.weights, a.jitter, a.seed)
+    flips = {"config": None, "on": True, "off": False}[a.flip_average]
+    result = evaluate(a.data, a.weights, a.jitter, a.seed, flips)
     emit(result, a.out)
 
 

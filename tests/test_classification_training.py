@@ -227,3 +227,24 @@ def test_clinical_variant_reads_no_images_and_wrong_model_kinds_are_refused(
         LesionClassifier.from_weights(out)
     with pytest.raises(ModelLoadError, match="model file not found"):
         LesionClassifier.from_weights(tmp_path / "nothing")
+
+
+def test_flip_average_is_the_mean_over_the_training_flips() -> None:
+    from liaids.classification.patches import PATCH_PLANS
+    from liaids.classification.predictor import IN_PLANE_FLIPS
+
+    patches, clinical, _ = _toy_lesions(3)
+    patches[:, :, :, :4, :6] = 1.0  # an asymmetric corner, so that flips matter
+    extents = np.full((3, 3, 3), 0.5, np.float32)
+    torch.manual_seed(0)
+    net = LesionClassifierNet(PROFILES["small"]).eval()
+    plain = LesionClassifier(net, PATCH_PLANS["small"], {}, torch.device("cpu"))
+    flipped = replace(plain, flip_average=True)
+    images, vec = patches.numpy(), clinical.numpy()
+    each = [plain.predict(np.ascontiguousarray(np.flip(images, d)), vec, extents) for d in IN_PLANE_FLIPS]
+    probs, feats = flipped.predict(images, vec, extents, batch=2)
+    assert np.allclose(probs, np.mean([p for p, _ in each], axis=0), atol=1e-6)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    # An untrained network's probabilities barely move; its image features show that flips were read.
+    assert feats is not None and np.allclose(feats, np.mean([f for _, f in each], axis=0), atol=1e-5)
+    assert not np.allclose(feats, each[0][1], atol=1e-4)

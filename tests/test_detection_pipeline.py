@@ -152,6 +152,32 @@ def _keep_everything(detector: LesionDetector) -> LesionDetector:
     )
 
 
+def test_multi_scale_testing_pools_the_boxes_of_every_grid(phantom: Path, tiny_model: Path) -> None:
+    from dataclasses import replace
+
+    ds = Dataset(phantom)
+    case = ds.load_case(ds.case_ids[0])
+    ct, liver = case.study["PV"].to_canonical(), case.liver["PV"].to_canonical().array > 0
+    detector = _keep_everything(LesionDetector.load(tiny_model, candidate_filter=False))
+    px = detector.plan.pixel_mm
+
+    def with_grids(*sizes: float) -> LesionDetector:
+        return replace(detector, plan=replace(detector.plan, test_pixel_mm=sizes))
+
+    plain = detector.candidates(ct, liver)
+    # The same grid twice: every 2D box twice, so the same lesions from twice the boxes.
+    twice = with_grids(px, px).candidates(ct, liver)
+    assert len(plain) > 0
+    assert [(c.box_kji.tolist(), c.score) for c in twice] == [(c.box_kji.tolist(), c.score) for c in plain]
+    assert [c.n_boxes for c in twice] == [2 * c.n_boxes for c in plain]
+    # A finer grid's boxes come back in the first grid's pixels, after the first grid's own boxes.
+    _, fine, _, fine_crop = with_grids(px / 2)._slice_boxes(ct, liver)
+    _, both, _, crop = with_grids(px, px / 2)._slice_boxes(ct, liver)
+    sx, sy = crop.shape[2] / fine_crop.shape[2], crop.shape[1] / fine_crop.shape[1]
+    assert sx == pytest.approx(0.5, abs=0.01) and sy == pytest.approx(0.5, abs=0.01)
+    assert len(fine) > 0 and np.allclose(both[len(both) - len(fine) :], fine * [sx, sy, sx, sy], atol=1e-4)
+
+
 def test_candidates_are_labelled_by_the_hit_rule(phantom: Path, tiny_model: Path) -> None:
     from liaids.detection.candidates import CandidatePatchPlan
     from liaids.evaluate.detection import is_hit

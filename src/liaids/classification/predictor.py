@@ -85,23 +85,36 @@ class LesionPrediction:
         return out
 
 
+# In-plane flips the classifier trained with (patch axes H and W); the lesion box is centred in the patch,
+# so its extents are unchanged by them.
+IN_PLANE_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
 @dataclass
 class LesionClassifier:
-    """A loaded lesion classifier and the patch plan it was trained with."""
+    """A loaded lesion classifier and the patch plan it was trained with.
+
+    ``flip_average``: average the probabilities (and image features) of each lesion's patches as cut and
+    flipped in-plane, as in training (config.json ``inference.flip_average``; off unless set there).
+    """
 
     network: LesionClassifierNet
     plan: PatchPlan
     config: dict[str, Any]
     device: torch.device
     context: PatientContext = field(default_factory=PatientContext)
+    flip_average: bool = False
 
     @classmethod
-    def from_weights(cls, folder: str | Path | None = None, device: str = "cpu") -> LesionClassifier:
+    def from_weights(
+        cls, folder: str | Path | None = None, device: str = "cpu", flip_average: bool | None = None
+    ) -> LesionClassifier:
         """Load a model folder written by :func:`liaids.train.classification.train_classification`.
 
         Args:
             folder: the model folder (default: the shipped ``classifier_small`` weights, when present).
             device: ``cpu`` or ``cuda``.
+            flip_average: override the folder's ``inference.flip_average`` setting.
 
         Raises:
             ModelLoadError: missing, truncated or foreign model files, or weights that do not fit.
@@ -125,7 +138,9 @@ class LesionClassifier:
             ) from exc
         dev = torch.device(device)
         network.to(dev).eval()
-        return cls(network, plan, config, dev, load_patient_context(path))
+        if flip_average is None:
+            flip_average = bool(config.get("inference", {}).get("flip_average", False))
+        return cls(network, plan, config, dev, load_patient_context(path), flip_average)
 
     @property
     def variant(self) -> str:
@@ -154,16 +169,22 @@ class LesionClassifier:
         def part(array: np.ndarray | None, sl: slice, used: bool) -> torch.Tensor | None:
             return torch.from_numpy(array[sl]).float().to(self.device) if used and array is not None else None
 
+        flips = IN_PLANE_FLIPS if self.flip_average and cfg.uses_image else ((),)
         for start in range(0, n, batch):
             sl = slice(start, min(start + batch, n))
-            out = self.network(
-                part(patches, sl, cfg.uses_image),
-                part(clinical, sl, cfg.uses_clinical),
-                part(extents, sl, cfg.uses_image),
-            )
-            probs.append(torch.softmax(out.logits.float(), dim=1).cpu().numpy())
-            if out.image_features is not None:
-                feats.append(out.image_features.float().cpu().numpy())
+            image = part(patches, sl, cfg.uses_image)
+            outs = [
+                self.network(
+                    image.flip(dims) if image is not None and dims else image,
+                    part(clinical, sl, cfg.uses_clinical),
+                    part(extents, sl, cfg.uses_image),
+                )
+                for dims in flips
+            ]
+            prob = torch.stack([torch.softmax(o.logits.float(), 1) for o in outs]).mean(0)
+            probs.append(prob.cpu().numpy())
+            if outs[0].image_features is not None:
+                feats.append(torch.stack([o.image_features.float() for o in outs]).mean(0).cpu().numpy())
         empty = np.zeros((0, len(LESION_TYPES)), np.float32)
         return (np.concatenate(probs) if probs else empty), (np.concatenate(feats) if feats else None)
 

@@ -22,6 +22,7 @@ from liaids.detection.candidates import CandidatePatchPlan, candidate_patch, can
 from liaids.detection.merge import MergeSettings, keep_in_liver, merge_slices
 from liaids.detection.preprocessing import (
     DetectionPlan,
+    GridCrop,
     canonical_box_to_stored,
     slab_indices,
     to_detection_grid,
@@ -242,14 +243,32 @@ class LesionDetector:
         """
         if not liver_canonical.any():
             return []
-        grid, crop, _ = to_detection_grid(canonical, self.plan, liver_canonical)
-        ks, boxes, scores = detect_slices(self.network, grid, self.config.context, device=self.device)
+        ks, boxes, scores, crop = self._slice_boxes(canonical, liver_canonical)
         found = []
         for lesion in merge_slices(ks, boxes, scores, self.merge):
             box = crop.grid_to_canonical_box(lesion.box_kji)
             if keep_in_liver(box, liver_canonical, self.merge):
                 found.append(Candidate(box, float(lesion.score), int(lesion.n_boxes)))
         return found
+
+    def _slice_boxes(
+        self, canonical: Volume, liver_canonical: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, GridCrop]:
+        """2D boxes of every grid the plan reads, in the pixels of the first grid, and that grid's crop."""
+        parts, first = [], None
+        for plan in self.plan.inference_grids:
+            grid, crop, _ = to_detection_grid(canonical, plan, liver_canonical)
+            ks, boxes, scores = detect_slices(self.network, grid, self.config.context, device=self.device)
+            if first is None:
+                first = crop
+            elif len(boxes):
+                # Same crop and slices (the liver's box, the plan's slice spacing); only the pixel differs.
+                sx, sy = first.shape[2] / crop.shape[2], first.shape[1] / crop.shape[1]
+                boxes = boxes * np.array([sx, sy, sx, sy], dtype=boxes.dtype)
+            parts.append((ks, boxes, scores))
+        assert first is not None
+        ks, boxes, scores = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        return ks, boxes, scores, first
 
     def detect(self, volume: Volume, liver: Volume | np.ndarray) -> list[DetectedLesion]:
         """Detect lesions in one CT volume.

@@ -9,7 +9,7 @@ side (a slab of ``2n+1`` slices; the first and last slices are repeated at the e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -27,12 +27,20 @@ class DetectionPlan:
         slice_mm: slice spacing of the detection grid.
         hu_window: HU range kept (the authors' window: level 45, width 510).
         margin_mm: margin around the liver's bounding box (in-plane and along z).
+        test_pixel_mm: in-plane voxel sizes read at inference, each on a grid of its own, their 2D boxes
+            pooled before merging (multi-scale testing); empty: ``pixel_mm`` alone. Training ignores it.
     """
 
     pixel_mm: float = 0.7
     slice_mm: float = 5.0
     hu_window: tuple[float, float] = (-210.0, 300.0)
     margin_mm: float = 10.0
+    test_pixel_mm: tuple[float, ...] = ()
+
+    @property
+    def inference_grids(self) -> list[DetectionPlan]:
+        """One plan per grid read at inference (the first is the one boxes are merged on)."""
+        return [replace(self, pixel_mm=px, test_pixel_mm=()) for px in self.test_pixel_mm] or [self]
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -44,6 +52,7 @@ class DetectionPlan:
             slice_mm=float(data["slice_mm"]),
             hu_window=(float(data["hu_window"][0]), float(data["hu_window"][1])),
             margin_mm=float(data["margin_mm"]),
+            test_pixel_mm=tuple(float(v) for v in data.get("test_pixel_mm", ())),
         )
 
 
