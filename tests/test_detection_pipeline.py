@@ -176,6 +176,8 @@ def test_multi_scale_testing_pools_the_boxes_of_every_grid(phantom: Path, tiny_m
     sx, sy = crop.shape[2] / fine_crop.shape[2], crop.shape[1] / fine_crop.shape[1]
     assert sx == pytest.approx(0.5, abs=0.01) and sy == pytest.approx(0.5, abs=0.01)
     assert len(fine) > 0 and np.allclose(both[len(both) - len(fine) :], fine * [sx, sy, sx, sy], atol=1e-4)
+    with pytest.raises(ValueError, match="must be positive"):
+        replace(detector.plan, test_pixel_mm=(1.0, 0.0))
 
 
 def test_candidates_are_labelled_by_the_hit_rule(phantom: Path, tiny_model: Path) -> None:

@@ -37,6 +37,11 @@ class DetectionPlan:
     margin_mm: float = 10.0
     test_pixel_mm: tuple[float, ...] = ()
 
+    def __post_init__(self) -> None:
+        sizes = (self.pixel_mm, self.slice_mm, *self.test_pixel_mm)
+        if not all(s > 0 for s in sizes):  # also catches NaN
+            raise ValueError(f"detection plan voxel sizes must be positive, got {sizes}")
+
     @property
     def inference_grids(self) -> list[DetectionPlan]:
         """One plan per grid read at inference (the first is the one boxes are merged on)."""
