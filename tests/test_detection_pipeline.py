@@ -13,9 +13,9 @@ import pytest
 from conftest import assert_training_artefacts
 from liaids.dataset import Dataset
 from liaids.detection.predictor import LesionDetector, detect
-from liaids.errors import ModelLoadError
+from liaids.errors import LiaidsError, ModelLoadError
 from liaids.io import write_nifti
-from liaids.train.detection import train_detection
+from liaids.train.detection import TrainConfig, _load_cached, _slab_position, train_detection
 from liaids.types import Volume
 
 
@@ -47,6 +47,35 @@ def test_training_writes_artefacts_and_resumes(phantom: Path, tiny_model: Path) 
     assert [row["epoch"] for row in log] == [1, 2, 3]
     # Epoch 2 is validated on the way (val_every=1), epoch 3 at the end.
     assert "val_recall_at_2fp" in log[1] and "val_recall_at_2fp" in log[2]
+    assert "val_recall_at_2fp_small" in log[2] and log[2]["val_lesions_small"] <= log[2]["val_lesions"]
+
+
+def test_unknown_lesion_sampling_is_refused(phantom: Path, tmp_path: Path) -> None:
+    with pytest.raises(LiaidsError, match="unknown lesion sampling 'voxel'"):
+        train_detection(phantom, tmp_path / "run", "cnn2d", "small", epochs=1, lesion_sampling="voxel")
+
+
+def test_lesion_sampling_weighs_every_lesion_alike(tmp_path: Path) -> None:
+    """A 30-slice lesion and a 2-slice one: slice sampling centres ~30/32 of the slabs on the large one,
+    lesion sampling half on each."""
+    labels = np.zeros((40, 64, 64), np.int16)
+    labels[2:32, 10:40, 10:40] = 1
+    labels[35:37, 50:54, 50:54] = 2
+    path = tmp_path / "case_PV.npz"
+    np.savez_compressed(path, image=np.zeros(labels.shape, np.uint8), labels=labels)
+    phase = _load_cached(path)
+    assert [(i, ks.tolist()) for i, ks in phase.lesion_extents] == [(1, list(range(2, 32))), (2, [35, 36])]
+
+    def share_on_small(sampling: str) -> float:
+        cfg = TrainConfig(lesion_fraction=1.0, lesion_sampling=sampling)
+        rng = np.random.default_rng(0)
+        draws = [_slab_position([phase], cfg, rng) for _ in range(2000)]
+        for _ph, k, (row, col) in draws:
+            assert labels[k, int(row), int(col)] > 0  # centred on the lesion drawn
+        return float(np.mean([k >= 35 for _ph, k, _c in draws]))
+
+    assert abs(share_on_small("slice") - 2 / 32) < 0.02
+    assert abs(share_on_small("lesion") - 0.5) < 0.05
 
 
 def test_detect_writes_boxes_in_the_input_voxel_grid(phantom: Path, tiny_model: Path, tmp_path: Path) -> None:

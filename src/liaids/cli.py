@@ -326,6 +326,12 @@ def train_detect(
     val_every: Annotated[
         int | None, typer.Option(min=0, help="Validate every N epochs (0: only at the end).")
     ] = None,
+    lesion_sampling: Annotated[
+        str | None,
+        typer.Option(
+            help="Lesion-centred slabs: slice (uniform over lesion slices) or lesion (uniform over lesions)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     splits_file: Annotated[
@@ -350,6 +356,7 @@ def train_detect(
             epochs=epochs,
             steps_per_epoch=steps,
             val_every=val_every,
+            lesion_sampling=lesion_sampling,
             seed=seed,
             resume=resume,
             splits_file=splits_file,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liaids.codes import PHASES
+from liaids.codes import PHASES, SMALL_LESION_MM
 from liaids.dataset import Dataset
 from liaids.detection.merge import MergeSettings, merge_slices
 from liaids.detection.predictor import MODEL_KIND, detect_slices
@@ -44,6 +44,8 @@ from liaids.train.common import (
     write_log,
 )
 
+LESION_SAMPLING = ("slice", "lesion")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -60,6 +62,9 @@ class TrainConfig:
         crop: in-plane training crop, pixels of the detection grid (multiple of 32).
         scale_range: multi-scale training: random zoom factors.
         lesion_fraction: share of slabs centred on a lesion.
+        lesion_sampling: how a lesion-centred slab is drawn. ``slice``: a slice holding a lesion, uniformly
+            over all slices of a phase, so a lesion weighs by its slice count (a 40 mm lesion ~8x a 5 mm
+            one); ``lesion``: a lesion instance uniformly over the training phases, then one of its slices.
         val_fraction: share of cases kept for validation.
         val_every: also validate after every N epochs (a learning curve in the log); 0: only at the end.
     """
@@ -74,6 +79,7 @@ class TrainConfig:
     crop: int = 512
     scale_range: tuple[float, float] = (0.75, 1.25)
     lesion_fraction: float = 0.5
+    lesion_sampling: str = "slice"
     val_fraction: float = 0.1
     val_every: int = 4
 
@@ -106,6 +112,7 @@ class _Phase:
     image: np.ndarray  # (K, J, I) uint8 on the detection grid
     labels: np.ndarray  # (K, J, I) int16 lesion instance ids
     lesion_slices: np.ndarray  # slice indices holding a lesion box
+    lesion_extents: list[tuple[int, np.ndarray]]  # (instance id, its slice indices) per lesion
 
 
 def _cache_phase(ds: Dataset, case_id: str, plan: DetectionPlan, cache: Path) -> list[Path]:
@@ -128,8 +135,46 @@ def _load_cached(path: Path) -> _Phase:
     data = np.load(path)
     labels = data["labels"]
     slices = np.nonzero(labels.reshape(labels.shape[0], -1).max(axis=1) > 0)[0]
+    extents = []
+    for lesion_id in np.unique(labels[slices]) if len(slices) else []:
+        if lesion_id:
+            on = (labels[slices] == lesion_id).reshape(len(slices), -1).any(axis=1)
+            extents.append((int(lesion_id), slices[on]))
     case_id, phase = path.stem.rsplit("_", 1)
-    return _Phase(case_id, phase, data["image"], labels, slices)
+    return _Phase(case_id, phase, data["image"], labels, slices, extents)
+
+
+def _pick_lesion(phases: list[_Phase], rng: np.random.Generator) -> tuple[_Phase, int, int] | None:
+    """Phase, slice and instance id of a lesion drawn uniformly over all lesions (None: no lesion)."""
+    counts = np.asarray([len(ph.lesion_extents) for ph in phases], float)
+    if counts.sum() == 0:
+        return None
+    ph = phases[int(rng.choice(len(phases), p=counts / counts.sum()))]
+    lesion_id, ks = ph.lesion_extents[int(rng.integers(len(ph.lesion_extents)))]
+    return ph, int(ks[int(rng.integers(len(ks)))]), lesion_id
+
+
+def _slab_position(
+    phases: list[_Phase], cfg: TrainConfig, rng: np.random.Generator
+) -> tuple[_Phase, int, tuple[float, float]]:
+    """Phase, centre slice and in-plane centre (row, column) of one training slab."""
+    picked: tuple[_Phase, int, int] | None = None
+    if cfg.lesion_sampling == "lesion":
+        picked = _pick_lesion(phases, rng) if rng.random() < cfg.lesion_fraction else None
+        ph = picked[0] if picked is not None else phases[int(rng.integers(len(phases)))]
+    else:
+        # The draw order of the shipped detectors' training, kept so that a seed repeats them.
+        ph = phases[int(rng.integers(len(phases)))]
+        if len(ph.lesion_slices) > 0 and rng.random() < cfg.lesion_fraction:
+            k = int(ph.lesion_slices[int(rng.integers(len(ph.lesion_slices)))])
+            ids = [i for i in np.unique(ph.labels[k]) if i]
+            picked = ph, k, int(ids[int(rng.integers(len(ids)))])
+    if picked is None:
+        k = int(rng.integers(ph.image.shape[0]))
+        return ph, k, (rng.uniform(0, ph.image.shape[1]), rng.uniform(0, ph.image.shape[2]))
+    ph, k, lesion_id = picked
+    rows, cols = np.nonzero(ph.labels[k] == lesion_id)
+    return ph, k, (float(rows.mean()), float(cols.mean()))
 
 
 def _sample(
@@ -139,17 +184,8 @@ def _sample(
     images, targets = [], []
     crop = cfg.crop
     while len(images) < cfg.batch:
-        ph = phases[int(rng.integers(len(phases)))]
+        ph, k, centre = _slab_position(phases, cfg, rng)
         depth, height, width = ph.image.shape
-        on_lesion = len(ph.lesion_slices) > 0 and rng.random() < cfg.lesion_fraction
-        if on_lesion:
-            k = int(ph.lesion_slices[int(rng.integers(len(ph.lesion_slices)))])
-            ids = [i for i in np.unique(ph.labels[k]) if i]
-            rows, cols = np.nonzero(ph.labels[k] == ids[int(rng.integers(len(ids)))])
-            centre = (float(rows.mean()), float(cols.mean()))
-        else:
-            k = int(rng.integers(depth))
-            centre = (rng.uniform(0, height), rng.uniform(0, width))
         slab = torch.from_numpy(ph.image[slab_indices(k, depth, context)]).float().div_(255.0)
         label = torch.from_numpy(ph.labels[k].astype(np.float32))
         scale = float(rng.uniform(*cfg.scale_range))
@@ -203,11 +239,18 @@ def _lesion_boxes_3d(labels: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def validate(network: Any, phases: list[_Phase], context: int, merge: MergeSettings) -> dict[str, float]:
-    """Lesion recall of the merged 3D detections on the grid, at the threshold giving <= 2 FP per scan."""
+def validate(
+    network: Any, phases: list[_Phase], context: int, merge: MergeSettings, pixel_mm: float
+) -> dict[str, float]:
+    """Lesion recall of the merged 3D detections on the grid, at the threshold giving <= 2 FP per scan.
+
+    Also for lesions under ``SMALL_LESION_MM``, sized here by the longer in-plane side of their grid box
+    (``pixel_mm`` per pixel), a learning-curve figure rather than the benchmark's diameter.
+    """
     network.eval()
     records = []  # (score, is_tp) per detection; lesions found at a score threshold
     lesion_best: list[float] = []
+    lesion_small: list[bool] = []
     for ph in phases:
         ks, boxes, scores = detect_slices(network, ph.image, context)
         found = merge_slices(ks, boxes, scores, merge)
@@ -218,6 +261,8 @@ def validate(network: Any, phases: list[_Phase], context: int, merge: MergeSetti
             records.append((f.score, bool(hit[n].any())))
         for t in range(len(truth)):
             lesion_best.append(max((found[n].score for n in np.nonzero(hit[:, t])[0]), default=-1.0))
+            side = max(truth[t, 4] - truth[t, 1], truth[t, 5] - truth[t, 2]) * pixel_mm
+            lesion_small.append(bool(side < SMALL_LESION_MM))
     network.train()
     n_scans = max(len(phases), 1)
     fp_scores = np.sort([s for s, tp in records if not tp])[::-1]
@@ -225,9 +270,13 @@ def validate(network: Any, phases: list[_Phase], context: int, merge: MergeSetti
     allowed = 2 * n_scans
     threshold = float(fp_scores[allowed]) + 1e-6 if len(fp_scores) > allowed else 0.0
     best = np.asarray(lesion_best)
+    small = np.asarray(lesion_small, bool)
     recall = float((best >= threshold).mean()) if len(best) else float("nan")
+    recall_small = float((best[small] >= threshold).mean()) if small.any() else float("nan")
     return {
         "val_recall_at_2fp": recall,
+        "val_recall_at_2fp_small": recall_small,
+        "val_lesions_small": int(small.sum()),
         "val_threshold_at_2fp": threshold,
         "val_lesions": len(best),
         "val_fp_per_scan_all": len(fp_scores) / n_scans,
@@ -243,6 +292,7 @@ def train_detection(
     epochs: int | None = None,
     steps_per_epoch: int | None = None,
     val_every: int | None = None,
+    lesion_sampling: str | None = None,
     seed: int = 0,
     resume: bool = False,
     max_cases: int | None = None,
@@ -261,6 +311,8 @@ def train_detection(
         profile: ``small`` or ``paper`` (network size, grid plan and optimiser settings).
         epochs, steps_per_epoch: override the profile's schedule.
         val_every: override the profile's validation interval in epochs (0: only at the end).
+        lesion_sampling: override the profile's draw of lesion-centred slabs (``slice`` or ``lesion``, see
+            :class:`TrainConfig`).
         seed: seeds the split, sampling, augmentation and initialisation.
         resume: continue from ``out/last.pt``.
         max_cases: use only the first N cases (quick runs).
@@ -284,7 +336,12 @@ def train_detection(
         epochs=epochs or cfg.epochs,
         steps_per_epoch=steps_per_epoch or cfg.steps_per_epoch,
         val_every=cfg.val_every if val_every is None else val_every,
+        lesion_sampling=lesion_sampling or cfg.lesion_sampling,
     )
+    if cfg.lesion_sampling not in LESION_SAMPLING:
+        raise LiaidsError(
+            f"unknown lesion sampling {cfg.lesion_sampling!r}; expected one of {', '.join(LESION_SAMPLING)}"
+        )
     det_cfg, plan = detector_profile(backbone, profile), PLANS[profile]
     merge = MergeSettings()
     out = prepare_output(out, resume, reusable=("cache",))
@@ -388,12 +445,12 @@ def train_detection(
         }
         if cfg.val_every and (epoch + 1) % cfg.val_every == 0 and epoch + 1 < cfg.epochs:
             report("validating", (epoch + 1) * cfg.steps_per_epoch / total)
-            row.update(validate(network, val_phases, det_cfg.context, merge))
+            row.update(validate(network, val_phases, det_cfg.context, merge, plan.pixel_mm))
         log.append(row)
         save_checkpoint(ckpt_path, network, opt, sched, epoch + 1, log, rng)
         write_log(out, log)
     report("validating", 1.0)
-    val = validate(network, val_phases, det_cfg.context, merge)
+    val = validate(network, val_phases, det_cfg.context, merge, plan.pixel_mm)
     if log:
         log[-1].update(val)
         write_log(out, log)
