@@ -136,7 +136,7 @@ def _load_cached(path: Path) -> _Phase:
     labels = data["labels"]
     slices = np.nonzero(labels.reshape(labels.shape[0], -1).max(axis=1) > 0)[0]
     extents = []
-    for lesion_id in np.unique(labels[slices]) if len(slices) else []:
+    for lesion_id in np.unique(labels[slices]):
         if lesion_id:
             on = (labels[slices] == lesion_id).reshape(len(slices), -1).any(axis=1)
             extents.append((int(lesion_id), slices[on]))
