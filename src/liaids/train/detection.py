@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liaids.codes import PHASES, SMALL_LESION_MM
+from liaids.codes import PHASES
 from liaids.dataset import Dataset
 from liaids.detection.merge import MergeSettings, merge_slices
 from liaids.detection.predictor import MODEL_KIND, detect_slices
 from liaids.detection.preprocessing import PLANS, DetectionPlan, slab_indices, slice_boxes, to_detection_grid
 from liaids.errors import LiaidsError
-from liaids.evaluate.detection import is_hit
+from liaids.evaluate.detection import SMALL, box_diameter_mm, is_hit, size_stratum
 from liaids.model_store import save_model
 from liaids.networks.lesion_detector import BACKBONES, build_detector
 from liaids.networks.lesion_detector import profile as detector_profile
@@ -240,17 +240,19 @@ def _lesion_boxes_3d(labels: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def validate(
-    network: Any, phases: list[_Phase], context: int, merge: MergeSettings, pixel_mm: float
+    network: Any, phases: list[_Phase], context: int, merge: MergeSettings, plan: DetectionPlan
 ) -> dict[str, float]:
     """Lesion recall of the merged 3D detections on the grid, at the threshold giving <= 2 FP per scan.
 
-    Also for lesions under ``SMALL_LESION_MM``, sized here by the longer in-plane side of their grid box
-    (``pixel_mm`` per pixel), a learning-curve figure rather than the benchmark's diameter.
+    Also for lesions under 1 cm, sized here by the longer in-plane side of their box on the grid of
+    ``plan`` (:func:`liaids.evaluate.detection.box_diameter_mm`), a learning-curve figure rather than the
+    benchmark's diameter.
     """
     network.eval()
     records = []  # (score, is_tp) per detection; lesions found at a score threshold
     lesion_best: list[float] = []
     lesion_small: list[bool] = []
+    grid_mm = (plan.pixel_mm, plan.pixel_mm, plan.slice_mm)  # (i, j, k)
     for ph in phases:
         ks, boxes, scores = detect_slices(network, ph.image, context)
         found = merge_slices(ks, boxes, scores, merge)
@@ -259,10 +261,10 @@ def validate(
         hit = is_hit(pred, truth)
         for n, f in enumerate(found):
             records.append((f.score, bool(hit[n].any())))
+        diameters = box_diameter_mm(truth[:, [2, 1, 0, 5, 4, 3]], grid_mm)  # kji -> ijk boxes
+        lesion_small.extend(size_stratum(float(d)) == SMALL for d in diameters)
         for t in range(len(truth)):
             lesion_best.append(max((found[n].score for n in np.nonzero(hit[:, t])[0]), default=-1.0))
-            side = max(truth[t, 4] - truth[t, 1], truth[t, 5] - truth[t, 2]) * pixel_mm
-            lesion_small.append(bool(side < SMALL_LESION_MM))
     network.train()
     n_scans = max(len(phases), 1)
     fp_scores = np.sort([s for s, tp in records if not tp])[::-1]
@@ -445,12 +447,12 @@ def train_detection(
         }
         if cfg.val_every and (epoch + 1) % cfg.val_every == 0 and epoch + 1 < cfg.epochs:
             report("validating", (epoch + 1) * cfg.steps_per_epoch / total)
-            row.update(validate(network, val_phases, det_cfg.context, merge, plan.pixel_mm))
+            row.update(validate(network, val_phases, det_cfg.context, merge, plan))
         log.append(row)
         save_checkpoint(ckpt_path, network, opt, sched, epoch + 1, log, rng)
         write_log(out, log)
     report("validating", 1.0)
-    val = validate(network, val_phases, det_cfg.context, merge, plan.pixel_mm)
+    val = validate(network, val_phases, det_cfg.context, merge, plan)
     if log:
         log[-1].update(val)
         write_log(out, log)
