@@ -8,11 +8,15 @@
 
 Input: a dataset of validation cases and the diagnose reports of those cases with *every* candidate kept
 (``liaids evaluate VAL -o OUT`` with a detector whose config has no ``operating_point`` writes them to
-``OUT/predictions/CASE/report.json``).
+``OUT/predictions/CASE/report.json``). At each threshold the lesions' types are recomputed with the patient
+context over the lesions above it, as the pipeline classifies only those
+(``liaids.pipeline.decision.calls_at_operating_point``); the context weight is read from the classifier
+folder the reports name (``--classifier`` overrides it).
 
 Run:
   .venv/bin/python benchmarks/operating_points.py --data VAL --predictions OUT/predictions \
-      [--write-detector DIR] [--write-classifier DIR] [--out benchmarks/results/operating_points.json]
+      [--classifier DIR] [--write-detector DIR] [--write-classifier DIR] \
+      [--out benchmarks/results/operating_points.json]
 """
 
 from __future__ import annotations
@@ -24,9 +28,15 @@ from pathlib import Path
 import numpy as np
 from _report import emit
 
+from liaids.classification.context import PatientContext, load_patient_context
 from liaids.codes import LESION_TYPES, MALIGNANT_TYPES
 from liaids.dataset import Dataset
-from liaids.pipeline.decision import LesionCall, decide, triage_score, triage_settings_from_validation
+from liaids.pipeline.decision import (
+    calls_at_operating_point,
+    decide,
+    triage_score,
+    triage_settings_from_validation,
+)
 
 
 def true_patient_type(lesions: list) -> str:
@@ -37,14 +47,10 @@ def true_patient_type(lesions: list) -> str:
     return worst.lesion_type
 
 
-def predicted(report: dict, detection_threshold: float, triage_threshold: float) -> tuple[str, float]:
-    calls = [
-        LesionCall(
-            int(les["id"]), les["type"], float(les["malignant_probability"]), float(les["detection_score"])
-        )
-        for les in report["lesions"]
-        if les["detection_score"] >= detection_threshold
-    ]
+def predicted(
+    report: dict, detection_threshold: float, triage_threshold: float, context: PatientContext
+) -> tuple[str, float]:
+    calls = calls_at_operating_point(report["lesions"], detection_threshold, context)
     decision = decide(calls, triage_threshold)
     return (decision.diagnosis or "NONE"), triage_score(calls)
 
@@ -53,6 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--predictions", type=Path, required=True)
+    ap.add_argument("--classifier", type=Path, default=None, help="default: the one the reports name")
     ap.add_argument("--write-detector", type=Path, default=None)
     ap.add_argument("--write-classifier", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
@@ -62,11 +69,18 @@ def main() -> None:
     for case_id in ds.case_ids:
         truths.append(true_patient_type(ds.read_info(case_id).lesions))
         reports.append(json.loads((a.predictions / case_id / "report.json").read_text()))
+    classifier = a.classifier
+    if classifier is None:
+        named = {r["models"]["classifier"]["folder"] for r in reports}
+        if len(named) != 1:
+            raise SystemExit(f"the reports name {len(named)} classifier folders; pass --classifier")
+        classifier = Path(named.pop())
+    context = load_patient_context(classifier)
     scores = sorted({les["detection_score"] for r in reports for les in r["lesions"]})
     candidates = [0.0, *scores]
     table = []
     for t in candidates:
-        calls = [predicted(r, t, 1.0)[0] for r in reports]
+        calls = [predicted(r, t, 1.0, context)[0] for r in reports]
         accuracy = float(np.mean([c == y for c, y in zip(calls, truths, strict=True)]))
         binary = float(
             np.mean(
@@ -85,13 +99,15 @@ def main() -> None:
         ),
     )
     t_det = best["detection_threshold"]
-    triage_scores = [predicted(r, t_det, 1.0)[1] for r in reports]
+    triage_scores = [predicted(r, t_det, 1.0, context)[1] for r in reports]
     truth_malignant = [y in MALIGNANT_TYPES for y in truths]
     triage = triage_settings_from_validation(triage_scores, truth_malignant, cohort=str(a.data))
     result = {
         "data": str(a.data),
         "patients": len(truths),
         "true_types": {t: truths.count(t) for t in (*LESION_TYPES, "NONE")},
+        "classifier": str(classifier),
+        "patient_context": context.to_dict(),
         "detection_operating_point": best,
         "triage": triage.to_dict(),
         "scan": table,

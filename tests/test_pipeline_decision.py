@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from liaids.classification.context import PatientContext
+from liaids.codes import LESION_TYPES, MALIGNANT_TYPES
 from liaids.errors import LiaidsError
 from liaids.pipeline.decision import (
     FALLBACK_TRIAGE_THRESHOLD,
     LesionCall,
     TriageSettings,
+    calls_at_operating_point,
     decide,
     lesion_category,
     triage_score,
@@ -139,3 +144,48 @@ def test_triage_settings_sources(tmp_path: Path) -> None:
     with pytest.raises(LiaidsError, match="triage threshold") as info:
         load_triage_settings(tmp_path, {})
     assert str(tmp_path / "triage.json") in str(info.value)
+
+
+def _report_lesion(lesion_id: int, own: dict[str, float], shown: np.ndarray, score: float) -> dict[str, Any]:
+    full = {t: own.get(t, 0.0) for t in LESION_TYPES}
+    return {
+        "id": lesion_id,
+        "type": LESION_TYPES[int(np.argmax(shown))],
+        "probabilities": dict(zip(LESION_TYPES, shown.tolist(), strict=True)),
+        "lesion_probabilities": full,
+        "detection_score": score,
+    }
+
+
+def test_calls_at_an_operating_point_take_context_from_the_survivors_only() -> None:
+    """A report of every candidate has its context over all of them; the pipeline's is over the survivors."""
+    own = [{"HCC": 0.45, "HM": 0.55}, {"HCC": 0.9, "HM": 0.1}, {"HM": 1.0}]
+    context = PatientContext(weight=0.5)
+    own_rows = np.array([[o.get(t, 0.0) for t in LESION_TYPES] for o in own])
+    shown = context.apply(own_rows)  # what the report says, with all three lesions as context
+    report = [
+        _report_lesion(n + 1, o, shown[n], s)
+        for n, (o, s) in enumerate(zip(own, (0.95, 0.97, 0.5), strict=True))
+    ]
+    assert report[0]["type"] == "HM"
+
+    calls = calls_at_operating_point(report, 0.9, context)
+    survivors = context.apply(own_rows[:2])
+    assert [c.lesion_id for c in calls] == [1, 2]
+    assert (
+        [c.lesion_type for c in calls]
+        == [LESION_TYPES[int(np.argmax(p))] for p in survivors]
+        == ["HCC", "HCC"]
+    )
+    malignant = [LESION_TYPES.index(t) for t in MALIGNANT_TYPES]
+    assert calls[0].malignant_probability == pytest.approx(float(survivors[0, malignant].sum()), abs=1e-6)
+    assert calls[1].score == 0.97
+    # At threshold 0 the report's own context is reproduced; above every score nothing is left.
+    assert [c.lesion_type for c in calls_at_operating_point(report, 0.0, context)] == [
+        r["type"] for r in report
+    ]
+    assert calls_at_operating_point(report, 0.99, context) == []
+    # A lesion alone is never reweighed; without lesion_probabilities its probabilities are its own.
+    alone = {k: v for k, v in report[0].items() if k != "lesion_probabilities"}
+    alone["probabilities"] = report[0]["lesion_probabilities"]
+    assert calls_at_operating_point([alone], 0.9, context)[0].lesion_type == "HM"

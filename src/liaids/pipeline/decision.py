@@ -21,10 +21,13 @@ threshold. Choosing the threshold on a validation cohort therefore means passing
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
+from liaids.classification.context import PatientContext
 from liaids.codes import LESION_TYPE_NAMES, LESION_TYPES, MALIGNANT_TYPES
 from liaids.errors import LiaidsError
 
@@ -173,6 +176,46 @@ def triage_score(lesions: Sequence[LesionCall]) -> float:
         (1.0 if les.lesion_type in MALIGNANT_TYPES else float(les.malignant_probability) for les in lesions),
         default=0.0,
     )
+
+
+def calls_at_operating_point(
+    lesions: Sequence[Mapping[str, Any]], detection_threshold: float, context: PatientContext
+) -> list[LesionCall]:
+    """The lesion calls a run at this detection operating point would make, from a report of every candidate.
+
+    The pipeline drops candidates below the operating point *before* classifying, so a lesion's patient
+    context is the survivors' probabilities, not those of every candidate in the report. This recomputes
+    it from each surviving lesion's own probabilities (``lesion_probabilities``, present when the context
+    changed them, else ``probabilities``), as :meth:`LesionClassifier.classify` does; exact up to the
+    report's rounding of the probabilities.
+
+    Args:
+        lesions: ``report.json`` ``lesions`` of a run that kept every candidate.
+        detection_threshold: lesions scoring below it are dropped.
+        context: the classifier's patient context (``load_patient_context`` of its folder).
+
+    Returns:
+        One call per surviving lesion, in report order.
+    """
+    kept = [les for les in lesions if float(les["detection_score"]) >= detection_threshold]
+    if not kept:
+        return []
+    own = np.array([[float(_own_probabilities(les)[t]) for t in LESION_TYPES] for les in kept])
+    probabilities = context.apply(own / own.sum(axis=1, keepdims=True))
+    malignant = probabilities[:, [LESION_TYPES.index(t) for t in MALIGNANT_TYPES]].sum(axis=1)
+    return [
+        LesionCall(
+            int(les["id"]),
+            LESION_TYPES[int(np.argmax(probabilities[n]))],
+            min(max(float(malignant[n]), 0.0), 1.0),
+            float(les["detection_score"]),
+        )
+        for n, les in enumerate(kept)
+    ]
+
+
+def _own_probabilities(lesion: Mapping[str, Any]) -> Mapping[str, float]:
+    return lesion.get("lesion_probabilities") or lesion["probabilities"]
 
 
 def decide(
