@@ -28,6 +28,10 @@ SMALL_LESION_MM: Final[float] = 10.0
 
 MALIGNANT_TYPES: Final[frozenset[str]] = frozenset({"HCC", "ICC", "HM"})
 BENIGN_TYPES: Final[frozenset[str]] = frozenset({"FNH", "HH", "HC", "HA"})
+#: Positions of the malignant types in LESION_TYPES: P(malignant) is the sum of these probabilities.
+MALIGNANT_INDICES: Final[tuple[int, ...]] = tuple(
+    n for n, t in enumerate(LESION_TYPES) if t in MALIGNANT_TYPES
+)
 
 #: Clinical fields, as in the paper's Methods (hepatitis split into B and C as in the authors' code).
 CLINICAL_FIELDS: Final[tuple[str, ...]] = (

@@ -22,11 +22,10 @@ from liaids.classification.context import PatientContext, load_patient_context
 from liaids.classification.matching import MatchedLesion
 from liaids.classification.patches import PatchPlan, extract_lesion_patches
 from liaids.clinical import ClinicalInfo
-from liaids.codes import CLINICAL_FIELDS, LESION_TYPES
+from liaids.codes import CLINICAL_FIELDS, LESION_TYPES, MALIGNANT_INDICES
 from liaids.errors import ClinicalInfoError, ModelLoadError
 from liaids.model_store import builtin_model_dir, load_model_files
 from liaids.networks.lesion_classifier import (
-    MALIGNANT_INDICES,
     ClassifierConfig,
     LesionClassifierNet,
     malignant_probability,

@@ -34,14 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liaids.codes import CLINICAL_FIELDS, LESION_TYPES, MALIGNANT_TYPES, PHASES
+from liaids.codes import CLINICAL_FIELDS, LESION_TYPES, MALIGNANT_INDICES, PHASES
 from liaids.networks.blocks import SCSE
 
 VARIANTS: tuple[str, ...] = ("full", "image", "clinical", "concat")
 POOLINGS: tuple[str, ...] = ("lesion", "global")
 #: Phase pairs of the interaction, as (first, second) phase names.
 PHASE_PAIRS: tuple[tuple[str, str], ...] = (("ART", "PV"), ("ART", "NC"), ("PV", "NC"))
-MALIGNANT_INDICES: tuple[int, ...] = tuple(i for i, t in enumerate(LESION_TYPES) if t in MALIGNANT_TYPES)
 
 
 @dataclass(frozen=True)

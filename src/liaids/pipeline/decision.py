@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from liaids.classification.context import PatientContext
-from liaids.codes import LESION_TYPE_NAMES, LESION_TYPES, MALIGNANT_TYPES
+from liaids.codes import LESION_TYPE_NAMES, LESION_TYPES, MALIGNANT_INDICES, MALIGNANT_TYPES
 from liaids.errors import LiaidsError
 
 #: NPV the low-risk group must reach on the validation cohort (the paper's operating point).
@@ -202,7 +202,7 @@ def calls_at_operating_point(
         return []
     own = np.array([[float(_own_probabilities(les)[t]) for t in LESION_TYPES] for les in kept])
     probabilities = context.apply(own / own.sum(axis=1, keepdims=True))
-    malignant = probabilities[:, [LESION_TYPES.index(t) for t in MALIGNANT_TYPES]].sum(axis=1)
+    malignant = probabilities[:, list(MALIGNANT_INDICES)].sum(axis=1)
     return [
         LesionCall(
             int(les["id"]),
