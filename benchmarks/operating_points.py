@@ -13,9 +13,15 @@ context over the lesions above it, as the pipeline classifies only those
 (``liaids.pipeline.decision.calls_at_operating_point``); the context weight is read from the classifier
 folder the reports name (``--classifier`` overrides it).
 
+``--verifier DIR`` re-scores the reports' lesions with the lesion verifier in DIR (``verifier.json``,
+``liaids train verifier``) as the pipeline would with it in the detector's folder: from the cases' images,
+the runs' liver masks (``PRED/CASE/liver_{phase}.nii.gz``) and each lesion's boxes; the scan then runs on
+the verified scores. The verifier must have been fitted on other cases than the ones scanned, or on a
+subset whose overlap the result then records.
+
 Run:
   .venv/bin/python benchmarks/operating_points.py --data VAL --predictions OUT/predictions \
-      [--classifier DIR] [--write-detector DIR] [--write-classifier DIR] \
+      [--classifier DIR] [--verifier DIR] [--write-detector DIR] [--write-classifier DIR] \
       [--out benchmarks/results/operating_points.json]
 """
 
@@ -55,11 +61,32 @@ def predicted(
     return (decision.diagnosis or "NONE"), triage_score(calls)
 
 
+def rescore_reports(ds: Dataset, predictions: Path, reports: list[dict], folder: Path) -> dict:
+    """Replace each report lesion's ``detection_score`` by the verifier's score; the verifier's record."""
+    from liaids.classification.verification import VERIFIER_FILE, LesionVerifier
+    from liaids.codes import PHASES
+    from liaids.io import read_nifti
+    from liaids.train.verifier import matched_lesion_of
+
+    verifier = LesionVerifier.load(folder)
+    for case_id, report in zip(ds.case_ids, reports, strict=True):
+        study = ds.load_case(case_id).study.phases
+        livers = {p: read_nifti(predictions / case_id / f"liver_{p}.nii.gz").array for p in PHASES}
+        for les in report["lesions"]:
+            les["detection_score"] = verifier.score_lesion(study, livers, matched_lesion_of(les))
+    fitted_on = set((verifier.source or {}).get("cases", []))
+    return {
+        "file": str(folder / VERIFIER_FILE),
+        "fitted_on_scanned_cases": sorted(fitted_on & set(ds.case_ids)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--predictions", type=Path, required=True)
     ap.add_argument("--classifier", type=Path, default=None, help="default: the one the reports name")
+    ap.add_argument("--verifier", type=Path, default=None, help="folder with verifier.json to re-score with")
     ap.add_argument("--write-detector", type=Path, default=None)
     ap.add_argument("--write-classifier", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
@@ -76,6 +103,7 @@ def main() -> None:
             raise SystemExit(f"the reports name {len(named)} classifier folders; pass --classifier")
         classifier = Path(named.pop())
     context = load_patient_context(classifier)
+    verification = None if a.verifier is None else rescore_reports(ds, a.predictions, reports, a.verifier)
     scores = sorted({les["detection_score"] for r in reports for les in r["lesions"]})
     candidates = [0.0, *scores]
     table = []
@@ -108,6 +136,7 @@ def main() -> None:
         "true_types": {t: truths.count(t) for t in (*LESION_TYPES, "NONE")},
         "classifier": str(classifier),
         "patient_context": context.to_dict(),
+        "verifier": verification,
         "detection_operating_point": best,
         "triage": triage.to_dict(),
         "scan": table,
@@ -121,8 +150,13 @@ def main() -> None:
             "chosen_on": str(a.data),
             "cases": list(ds.case_ids),
             "patient_accuracy": best["patient_accuracy"],
+            "applies_to": "verified score" if verification else "detector score",
         }
         path.write_text(json.dumps(config, indent=1) + "\n")
+        if verification:  # the operating point holds for verified scores only: ship the verifier with it
+            import shutil
+
+            shutil.copyfile(verification["file"], a.write_detector / Path(verification["file"]).name)
     if a.write_classifier:
         from liaids.pipeline.diagnose import save_triage_settings
 

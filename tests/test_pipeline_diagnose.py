@@ -159,7 +159,7 @@ def test_dicom_and_nifti_give_the_same_lesions(runs: dict[str, Any]) -> None:
 
 def test_report_describes_the_run(runs: dict[str, Any], phantom: dict[str, Path], bundle: Path) -> None:
     report = runs["reports"]["dicom"]
-    assert report["schema"] == "liaids.diagnosis" and report["version"] == "2.0"
+    assert report["schema"] == "liaids.diagnosis" and report["version"] == "2.1"
     assert "Not for clinical use" in report["notice"]
     assert report["study"]["patient_id"] == "qzh_0000"
     assert report["study"]["phase_assignment"]["method"] == "tags+images"
@@ -413,6 +413,46 @@ def test_model_folders(bundle: Path, tmp_path: Path) -> None:
         model_folders(tmp_path)
     with pytest.raises(ModelLoadError, match="unknown model role"):
         model_folders({"segmenter": bundle})
+
+
+def test_the_verifier_rescores_matched_lesions(
+    bundle: Path, phantom: dict[str, Path], runs: dict[str, Any], tmp_path: Path
+) -> None:
+    """A verifier in the detector folder replaces each lesion's score before the operating point; without
+    it, an operating point set on verified scores is refused."""
+    from liaids.classification.verification import FEATURES, LesionVerifier
+    from liaids.pipeline.diagnose import DiagnosisModels
+
+    weights = _copy(bundle, tmp_path / "weights")
+    n = len(FEATURES)
+    coef = tuple(1.0 if f == "score_logit" else 0.0 for f in FEATURES)
+    # verified = sigmoid(logit(detector score) - 1): lower than the detector's, same order.
+    LesionVerifier((0.0,) * n, (1.0,) * n, coef, -1.0, min_score=0.0).save(weights / "detector")
+    out = diagnose(
+        [phantom["nifti"] / f"image_{p}.nii.gz" for p in PHASES],
+        tmp_path / "out",
+        clinical=phantom["nifti"] / "case.json",
+        weights=weights,
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"]["detector"]["verifier"]["file"] == str(weights / "detector" / "verifier.json")
+    assert "verification" in report["timings_s"]
+    plain = runs["reports"]["nifti"]["lesions"]
+    assert len(report["lesions"]) == len(plain) > 0
+    for les in report["lesions"]:
+        raw = min(max(les["detector_score"], 1e-4), 1 - 1e-4)
+        expected = 1 / (1 + np.exp(1 - np.log(raw / (1 - raw))))
+        assert les["detection_score"] == pytest.approx(expected, abs=2e-4)
+        assert les["detector_score"] == max(v["detection_score"] or 0.0 for v in les["phases"].values())
+    assert sorted(les["detector_score"] for les in report["lesions"]) == sorted(
+        les["detection_score"] for les in plain
+    )
+    (weights / "detector" / "verifier.json").unlink()
+    config = json.loads((weights / "detector" / "config.json").read_text())
+    config["operating_point"] = {"score": 0.5, "applies_to": "verified score"}
+    (weights / "detector" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"verifier\.json is missing"):
+        DiagnosisModels.load(weights)
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -95,3 +95,22 @@ def test_no_shipped_model_trained_on_the_operating_point_cases() -> None:
     # The candidate filters are checked (train and val) by the test above.
     for folder in (detector, builtin_model_dir("classifier_small")):
         assert not chosen_on & set(json.loads((folder / "splits.json").read_text())["train"]), folder
+
+
+def test_shipped_verifier_belongs_to_the_operating_point() -> None:
+    """The operating point is on verified scores; the verifier learnt on validation cases only (val39: a
+    subset of the operating-point cases, the detector's 24 epoch-selection cases among them, as
+    src/liaids/weights/README.md records), never on a case any network trained on."""
+    from liaids.classification.verification import LesionVerifier
+
+    detector = builtin_model_dir("detector_cswin3d_small")
+    verifier = LesionVerifier.load(detector)
+    operating_point = json.loads((detector / "config.json").read_text())["operating_point"]
+    assert operating_point["applies_to"] == "verified score"
+    fitted_on = set((verifier.source or {})["cases"])
+    assert fitted_on and fitted_on <= set(operating_point["cases"])
+    det_splits = json.loads((detector / "splits.json").read_text())
+    filter_splits = json.loads((detector / "candidate_filter" / "splits.json").read_text())
+    for used in (det_splits["train"], filter_splits["train"], filter_splits["val"]):
+        assert not fitted_on & set(used)
+    assert 0.0 < verifier.min_score <= operating_point["score"]

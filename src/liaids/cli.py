@@ -412,6 +412,40 @@ def train_filter(
     print(out)
 
 
+@train_app.command("verifier")
+def train_verifier_command(
+    data: Annotated[Path, typer.Option(help="Dataset of validation cases (the detector never trained on).")],
+    predictions: Annotated[
+        Path, typer.Option(help="Their diagnose runs with every candidate kept (evaluate's OUT/predictions).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder; copy verifier.json into the detector folder.")
+    ],
+    min_score: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Detector score from which lesions are verified.")
+    ] = 0.8,
+    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty of the logistic model.")] = 1.0,
+    cases: Annotated[
+        Path | None, typer.Option(help="JSON list of case ids to fit on (default: every case).")
+    ] = None,
+) -> None:
+    """Fit the lesion verifier that re-scores matched lesions from the three phases (vessels out)."""
+    from liaids.train.verifier import train_verifier
+
+    case_ids = None
+    if cases is not None:
+        try:
+            case_ids = [str(c) for c in json.loads(cases.read_text())]
+        except (OSError, ValueError, TypeError) as exc:
+            raise LiaidsError(f"cannot read a JSON list of case ids ({exc})", cases) from exc
+    _run_with_progress(
+        lambda progress: train_verifier(
+            data, predictions, out, min_score=min_score, l2=l2, case_ids=case_ids, progress=progress
+        )
+    )
+    print(out / "verifier.json")
+
+
 @train_app.command("classify")
 def train_classify(
     data: Annotated[Path, typer.Option(help="Dataset folder.")],

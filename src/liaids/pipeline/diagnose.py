@@ -6,6 +6,7 @@ Stages, in order::
     liver segmentation per phase                                segmentation/predictor.py
     lesion detection per phase; candidates outside the liver dropped (inside the detector)
     cross-phase matching: one lesion = one box per phase, found or transferred   classification/matching.py
+    verification on the three phases (vessels out), when the detector has one  classification/verification.py
     classification of each lesion (7 types, clinical fields fused)              classification/predictor.py
     lesion instance masks and sizes; patient decision and triage                pipeline/decision.py
     OUTDIR: report.json, report.html, liver_{P}.nii.gz, lesions_{P}.nii.gz      report/
@@ -34,6 +35,7 @@ from liaids.classification.matching import MatchedLesion, PhaseBox, match_lesion
 from liaids.classification.predictor import DEFAULT_MODEL as CLASSIFIER_DEFAULT
 from liaids.classification.predictor import MODEL_KIND as CLASSIFIER_KIND
 from liaids.classification.predictor import LesionClassifier, LesionPrediction
+from liaids.classification.verification import VERIFIER_FILE, LesionVerifier
 from liaids.clinical import ClinicalInfo
 from liaids.codes import PHASES
 from liaids.detection.predictor import DEFAULT_MODEL as DETECTOR_DEFAULT
@@ -231,6 +233,8 @@ class DiagnosisModels:
     #: Matched lesions scoring below this are not reported: the detector's operating point (its config's
     #: ``operating_point.score``, chosen on validation cases), else every candidate the detector keeps.
     lesion_threshold: float = 0.0
+    #: Re-scores matched lesions from the three phases (``verifier.json`` in the detector's folder).
+    verifier: LesionVerifier | None = None
 
     @classmethod
     def load(
@@ -273,7 +277,20 @@ class DiagnosisModels:
         operating = detector_config.get("operating_point") or {}
         lesion_threshold = float(operating.get("score", 0.0))
         sources["detector"]["operating_score"] = lesion_threshold
-        return cls(segmenter, detector, classifier, triage, sources, lesion_threshold)
+        verifier = None
+        if (
+            operating.get("applies_to") == "verified score"
+            and not (folders["detector"] / VERIFIER_FILE).is_file()
+        ):
+            raise ModelLoadError(
+                f"the operating point applies to verified scores but {VERIFIER_FILE} is missing",
+                folders["detector"],
+            )
+        if (folders["detector"] / VERIFIER_FILE).is_file():
+            verifier = LesionVerifier.load(folders["detector"])
+            path = folders["detector"] / VERIFIER_FILE
+            sources["detector"]["verifier"] = {"file": str(path), "sha256": sha256(path)}
+        return cls(segmenter, detector, classifier, triage, sources, lesion_threshold, verifier)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -533,9 +550,23 @@ def run_diagnosis(
     t0 = time.perf_counter()
     per_phase = {p: [PhaseBox(tuple(d.bbox_ijk), float(d.score)) for d in detections[p]] for p in PHASES}
     matched = match_lesions(per_phase, study.phases, livers)
+    timings["matching"] = time.perf_counter() - t0
+    if models.verifier is not None:
+        report("verifying lesions on the three phases", 0.78)
+        t0 = time.perf_counter()
+        verifier = models.verifier
+        # Below min_score the verified score is at most the detector's, so a lesion below both min_score
+        # and the operating point cannot reach the point: skip reading its features.
+        floor = min(verifier.min_score, models.lesion_threshold)
+        verified = [
+            replace(m, score=verifier.score_lesion(study.phases, livers, m))
+            for m in matched
+            if m.score >= floor
+        ]
+        matched = sorted(verified, key=lambda m: -m.score)
+        timings["verification"] = time.perf_counter() - t0
     # Candidates below the detector's operating point would turn most patients into false positives.
     matched = [m for m in matched if m.score >= models.lesion_threshold]
-    timings["matching"] = time.perf_counter() - t0
 
     report(f"classifying {len(matched)} lesion(s)", 0.8)
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from liaids.pipeline.diagnose import Diagnosis, LesionFinding
 
 SCHEMA = "liaids.diagnosis"
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 #: Lesion voxels of the instance masks, as written into report.json.
 LESION_MASK_RULE = (
     "voxels of the lesion's box labelled lesion (2) by the liver segmentation of that phase; the ellipsoid "
@@ -95,6 +95,9 @@ def _lesion_entry(finding: LesionFinding) -> dict[str, Any]:
         "lesion_probabilities": None if own is None else {t: _round(own[t]) for t in LESION_TYPES},
         "malignant_probability": _round(pred.malignant_probability),
         "detection_score": _round(finding.match.score),
+        "detector_score": _round(
+            max((v for v in finding.match.scores.values() if v is not None), default=finding.match.score)
+        ),
         "diameter_mm": _round(finding.diameter_mm, 1),
         "volume_ml": _round(finding.volume_ml, 3),
         "measured_in": finding.measured_in,

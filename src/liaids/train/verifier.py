@@ -1,0 +1,128 @@
+"""Fitting the lesion verifier (``liaids train verifier``) on a pipeline's output for validation cases.
+
+Input: a dataset of cases the detector never trained on, and the diagnose runs of those cases with every
+candidate kept (``liaids evaluate DATA -o OUT --weights DETECTOR`` with a detector whose config has no
+``operating_point`` writes them to ``OUT/predictions/CASE/``: ``report.json`` and ``liver_{phase}``).
+Each reported lesion the detector scored at least ``min_score`` becomes one example: its features
+(:func:`liaids.classification.verification.lesion_features`, read from the case's images, the run's liver
+masks and the lesion's per-phase boxes) and whether it hits a true lesion by the paper's rule
+(:func:`liaids.evaluate.cohort.match_case`). The fitted model goes to ``OUT/verifier.json``, with the cases
+and counts it learnt from; copy it into the detector's folder to use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from liaids.classification.matching import MatchedLesion
+from liaids.classification.verification import FEATURES, LesionVerifier, fit_verifier, lesion_features
+from liaids.codes import PHASES
+from liaids.dataset import Dataset
+from liaids.errors import LiaidsError
+from liaids.evaluate.cohort import match_case, read_report, read_truth
+from liaids.io import read_nifti
+
+Progress = Callable[[str, float], None]
+
+
+def matched_lesion_of(report_lesion: dict) -> MatchedLesion:
+    """The :class:`MatchedLesion` a ``report.json`` lesion was made from (boxes, found, scores)."""
+    phases = report_lesion["phases"]
+    return MatchedLesion(
+        boxes={p: tuple(int(v) for v in phases[p]["bbox_ijk"]) for p in PHASES},  # type: ignore[misc]
+        found={p: bool(phases[p]["found"]) for p in PHASES},
+        scores={p: phases[p]["detection_score"] for p in PHASES},
+        score=float(report_lesion["detection_score"]),
+    )
+
+
+def verifier_examples(
+    dataset: Dataset,
+    predictions: Path,
+    case_ids: Sequence[str],
+    min_score: float,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every reported lesion scoring at least ``min_score``.
+
+    Args:
+        dataset: the cases with their lesion masks.
+        predictions: folder of ``CASE/report.json`` and ``CASE/liver_{phase}.nii.gz``.
+        case_ids: the cases to read.
+        min_score: lesions the detector scores below this are skipped.
+        progress: called with a message and the fraction done.
+
+    Returns:
+        ``(features (N, len(FEATURES)), is_lesion (N,))``.
+    """
+    import json
+
+    rows, labels = [], []
+    for n, case_id in enumerate(case_ids):
+        if progress:
+            progress(f"verifier examples: {case_id}", n / max(len(case_ids), 1))
+        folder = predictions / case_id
+        report = json.loads((folder / "report.json").read_text())
+        match = match_case(read_truth(dataset, case_id), read_report(folder / "report.json", case_id))
+        hit = [rec.hit for rec in match.scan.detections]
+        chosen = [i for i, les in enumerate(report["lesions"]) if les["detection_score"] >= min_score]
+        if not chosen:
+            continue
+        case = dataset.load_case(case_id)
+        livers = {p: read_nifti(folder / f"liver_{p}.nii.gz").array for p in PHASES}
+        for i in chosen:
+            rows.append(lesion_features(case.study.phases, livers, matched_lesion_of(report["lesions"][i])))
+            labels.append(hit[i])
+    return np.asarray(rows, float).reshape(-1, len(FEATURES)), np.asarray(labels, bool)
+
+
+def train_verifier(
+    data: str | Path,
+    predictions: str | Path,
+    out: str | Path,
+    *,
+    min_score: float = 0.8,
+    l2: float = 1.0,
+    case_ids: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> LesionVerifier:
+    """Fit the verifier and write ``OUT/verifier.json``.
+
+    Args:
+        data: dataset folder.
+        predictions: the every-candidate diagnose runs of its cases.
+        out: output folder (created).
+        min_score: detector score from which candidates are verified (and fitted on).
+        l2: L2 penalty of the logistic model.
+        case_ids: cases to fit on (default: every case of the dataset).
+        progress: called with a message and the fraction done.
+
+    Returns:
+        The fitted verifier.
+
+    Raises:
+        LiaidsError: a case has no prediction, or the examples hold only one class.
+    """
+    dataset = Dataset(data)
+    predictions = Path(predictions)
+    cases = list(case_ids) if case_ids is not None else list(dataset.case_ids)
+    missing = [c for c in cases if not (predictions / c / "report.json").is_file()]
+    if missing:
+        raise LiaidsError(f"no report.json for {len(missing)} case(s), e.g. {missing[0]}", predictions)
+    features, labels = verifier_examples(dataset, predictions, cases, min_score, progress)
+    source = {
+        "data": str(data),
+        "predictions": str(predictions),
+        "cases": cases,
+        "examples": len(labels),
+        "true_lesions": int(labels.sum()),
+        "l2": l2,
+    }
+    verifier = fit_verifier(features, labels, l2=l2, min_score=min_score, source=source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    verifier.save(out)
+    return verifier
