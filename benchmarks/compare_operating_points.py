@@ -2,10 +2,11 @@
 
 Both settings share one set of every-candidate diagnose runs (``liaids evaluate DATA -o OUT --weights
 DETECTOR_COPY``: a detector folder without ``operating_point`` and without ``verifier.json``). The
-baseline keeps lesions whose detector score reaches ``--baseline-threshold``; the candidate first
-re-scores every lesion with the verifier in ``--verifier`` (as ``benchmarks/operating_points.py`` does)
-and keeps those reaching ``--candidate-threshold``. Types are recomputed with the patient context over
-the kept lesions (``calls_at_operating_point``), as the pipeline would.
+baseline keeps lesions whose detector score (or, with ``--baseline-verifier``, verified score) reaches
+``--baseline-threshold``; the candidate first re-scores every lesion with the verifier in ``--verifier``
+(as ``benchmarks/operating_points.py`` does) and keeps those reaching ``--candidate-threshold``. Types are
+recomputed with the patient context over the kept lesions (``calls_at_operating_point``), as the pipeline
+would.
 
 Per setting: patient-wise seven-class and binary accuracy, triage (low-risk patients and the malignant
 ones among them), lesions found by the paper's hit rule under 1 cm and from 1 cm, the under-1-cm ones
@@ -15,8 +16,8 @@ lesions per patient.
 
 Run:
   .venv/bin/python benchmarks/compare_operating_points.py --data DATA --predictions OUT/predictions \\
-      --baseline-threshold T0 --baseline-triage S0 --verifier DIR --candidate-threshold T1 \\
-      --candidate-triage S1 [--out benchmarks/results/NAME.json]
+      --baseline-threshold T0 --baseline-triage S0 [--baseline-verifier DIR] --verifier DIR \\
+      --candidate-threshold T1 --candidate-triage S1 [--out benchmarks/results/NAME.json]
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--classifier", type=Path, default=None, help="default: the one the reports name")
     ap.add_argument("--baseline-threshold", type=float, required=True)
     ap.add_argument("--baseline-triage", type=float, required=True)
+    ap.add_argument("--baseline-verifier", type=Path, default=None)
     ap.add_argument("--verifier", type=Path, required=True)
     ap.add_argument("--candidate-threshold", type=float, required=True)
     ap.add_argument("--candidate-triage", type=float, required=True)
@@ -104,10 +106,14 @@ def main() -> None:
     context = load_patient_context(classifier)
     verified = copy.deepcopy(reports)
     verification = rescore_reports(ds, a.predictions, verified, a.verifier)
+    baseline_verification = None
+    if a.baseline_verifier is not None:
+        baseline_verification = rescore_reports(ds, a.predictions, reports, a.baseline_verifier)
     result = {
         "data": str(a.data),
         "patients": len(truths),
         "classifier": str(classifier),
+        "baseline_verifier": baseline_verification,
         "verifier": verification,
         "baseline": measure(ds, reports, truths, a.baseline_threshold, a.baseline_triage, context, a.tight),
         "candidate": measure(

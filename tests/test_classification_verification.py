@@ -116,3 +116,15 @@ def test_verifier_json_round_trip_and_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "verifier.json").write_text("{truncated")
     with pytest.raises(LiaidsError, match="cannot read the lesion verifier"):
         LesionVerifier.load(tmp_path)
+
+
+def test_train_verifier_pairs_each_dataset_with_its_runs(tmp_path: Path) -> None:
+    from liaids.train.verifier import train_verifier
+
+    with pytest.raises(LiaidsError, match="2 dataset"):
+        train_verifier([tmp_path / "a", tmp_path / "b"], [tmp_path / "p"], tmp_path / "out")
+    with pytest.raises(LiaidsError, match="single dataset"):
+        train_verifier(
+            [tmp_path / "a", tmp_path / "b"], [tmp_path / "p", tmp_path / "q"], tmp_path / "o", case_ids=["x"]
+        )
+    assert not (tmp_path / "out").exists()

@@ -499,3 +499,34 @@ def test_axial_diameter() -> None:
     line[0, 2, 10:110] = True  # collinear edge points: the hull step is skipped
     assert axial_diameter_mm(line, (1.0, 1.0, 1.0)) == pytest.approx(100.0)
     assert axial_diameter_mm(np.zeros((2, 3, 3), bool), (1.0, 1.0, 1.0)) is None
+
+
+def test_verifier_examples_come_from_the_runs_reports(
+    runs: dict[str, Any], phantom: dict[str, Path], tmp_path: Path
+) -> None:
+    """``liaids train verifier`` reads one example per reported lesion above min_score, with the features
+    the pipeline would compute from the case's images and the run's liver masks."""
+    from liaids.classification.verification import lesion_features
+    from liaids.dataset import Dataset
+    from liaids.train.verifier import matched_lesion_of, train_verifier, verifier_examples
+
+    case_id = phantom["nifti"].name
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    (predictions / case_id).symlink_to(runs["nifti"])
+    dataset = Dataset(phantom["nifti"].parent)
+    lesions = runs["reports"]["nifti"]["lesions"]
+    min_score = float(np.median([les["detection_score"] for les in lesions]))
+    features, labels = verifier_examples(dataset, predictions, [case_id], min_score)
+    kept = [les for les in lesions if les["detection_score"] >= min_score]
+    assert len(labels) == len(features) == len(kept) > 0
+    case = dataset.load_case(case_id)
+    livers = {p: read_nifti(runs["nifti"] / f"liver_{p}.nii.gz").array for p in PHASES}
+    expected = lesion_features(case.study.phases, livers, matched_lesion_of(kept[0]))
+    np.testing.assert_allclose(features[0], expected)
+    if labels.all() or not labels.any():  # an untrained detector: one class only, a clear error
+        with pytest.raises(LiaidsError, match="both true lesions and false positives"):
+            train_verifier(dataset.root, predictions, tmp_path / "out", min_score=min_score)
+    else:
+        verifier = train_verifier(dataset.root, predictions, tmp_path / "out", min_score=min_score)
+        assert verifier.source["examples"] == len(labels) and (tmp_path / "out" / "verifier.json").is_file()

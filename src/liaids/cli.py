@@ -414,9 +414,12 @@ def train_filter(
 
 @train_app.command("verifier")
 def train_verifier_command(
-    data: Annotated[Path, typer.Option(help="Dataset of validation cases (the detector never trained on).")],
+    data: Annotated[
+        list[Path], typer.Option(help="Validation cases the detector never trained on (repeatable).")
+    ],
     predictions: Annotated[
-        Path, typer.Option(help="Their diagnose runs with every candidate kept (evaluate's OUT/predictions).")
+        list[Path],
+        typer.Option(help="Their diagnose runs with every candidate kept, one per --data (repeatable)."),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder; copy verifier.json into the detector folder.")
@@ -426,7 +429,7 @@ def train_verifier_command(
     ] = 0.8,
     l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty of the logistic model.")] = 1.0,
     cases: Annotated[
-        Path | None, typer.Option(help="JSON list of case ids to fit on (default: every case).")
+        Path | None, typer.Option(help="JSON list of case ids to fit on (one --data only; default: all).")
     ] = None,
 ) -> None:
     """Fit the lesion verifier that re-scores matched lesions from the three phases (vessels out)."""

@@ -80,8 +80,8 @@ def verifier_examples(
 
 
 def train_verifier(
-    data: str | Path,
-    predictions: str | Path,
+    data: str | Path | Sequence[str | Path],
+    predictions: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     min_score: float = 0.8,
@@ -92,36 +92,48 @@ def train_verifier(
     """Fit the verifier and write ``OUT/verifier.json``.
 
     Args:
-        data: dataset folder.
-        predictions: the every-candidate diagnose runs of its cases.
+        data: dataset folder, or several (cohorts), each paired with its ``predictions`` folder.
+        predictions: the every-candidate diagnose runs of the cases, one folder per dataset.
         out: output folder (created).
         min_score: detector score from which candidates are verified (and fitted on).
         l2: L2 penalty of the logistic model.
-        case_ids: cases to fit on (default: every case of the dataset).
+        case_ids: cases to fit on, with a single dataset only (default: every case).
         progress: called with a message and the fraction done.
 
     Returns:
-        The fitted verifier.
+        The fitted verifier; its ``source`` lists each cohort with its cases, and ``cases`` all case
+        ids together (names may repeat across cohorts).
 
     Raises:
-        LiaidsError: a case has no prediction, or the examples hold only one class.
+        LiaidsError: a case has no prediction, the folders do not pair up, or the examples hold only
+            one class.
     """
-    dataset = Dataset(data)
-    predictions = Path(predictions)
-    cases = list(case_ids) if case_ids is not None else list(dataset.case_ids)
-    missing = [c for c in cases if not (predictions / c / "report.json").is_file()]
-    if missing:
-        raise LiaidsError(f"no report.json for {len(missing)} case(s), e.g. {missing[0]}", predictions)
-    features, labels = verifier_examples(dataset, predictions, cases, min_score, progress)
+    datas = [data] if isinstance(data, str | Path) else list(data)
+    preds = [predictions] if isinstance(predictions, str | Path) else list(predictions)
+    if len(datas) != len(preds) or not datas:
+        raise LiaidsError(f"{len(datas)} dataset(s) but {len(preds)} predictions folder(s): give one of each")
+    if case_ids is not None and len(datas) > 1:
+        raise LiaidsError("a case list applies to a single dataset")
+    cohorts, rows, labels = [], [], []
+    for folder, pred in zip(datas, preds, strict=True):
+        dataset, pred = Dataset(folder), Path(pred)
+        cases = list(case_ids) if case_ids is not None else list(dataset.case_ids)
+        missing = [c for c in cases if not (pred / c / "report.json").is_file()]
+        if missing:
+            raise LiaidsError(f"no report.json for {len(missing)} case(s), e.g. {missing[0]}", pred)
+        features, found = verifier_examples(dataset, pred, cases, min_score, progress)
+        rows.append(features)
+        labels.append(found)
+        cohorts.append({"data": str(folder), "predictions": str(pred), "cases": cases})
+    all_labels = np.concatenate(labels)
     source = {
-        "data": str(data),
-        "predictions": str(predictions),
-        "cases": cases,
-        "examples": len(labels),
-        "true_lesions": int(labels.sum()),
+        "cohorts": cohorts,
+        "cases": [c for cohort in cohorts for c in cohort["cases"]],
+        "examples": len(all_labels),
+        "true_lesions": int(all_labels.sum()),
         "l2": l2,
     }
-    verifier = fit_verifier(features, labels, l2=l2, min_score=min_score, source=source)
+    verifier = fit_verifier(np.vstack(rows), all_labels, l2=l2, min_score=min_score, source=source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     verifier.save(out)
