@@ -197,6 +197,27 @@ def test_case_folder(tmp_path: Path, phase_volumes: dict[str, Volume]) -> None:
     assert resolve_input(case, {"ART": other}).sources["ART"] == str(other)
 
 
+def test_case_folder_images_disagreeing_with_its_labels_is_a_warning(
+    tmp_path: Path, phase_volumes: dict[str, Volume]
+) -> None:
+    """A dataset's file names are its labels (a weak arterial phase is data, not an input error); the same
+    files given loose still fail."""
+    case = tmp_path / "case_8"
+    swapped = {"NC": "NC", "ART": "PV", "PV": "ART"}
+    for p in PHASES:
+        write_nifti(phase_volumes[swapped[p]], case / f"image_{p}.nii.gz")
+    (case / "case.json").write_text(json.dumps({"case_id": "case_8", "clinical": {"age": 70, "sex": "M"}}))
+    got = resolve_input(case)
+    assert got.sources["ART"].endswith("image_ART.nii.gz")
+    (warning,) = got.assignment["warnings"]
+    assert "image check disagrees" in warning and "named by the dataset" in warning
+    loose = [tmp_path / "loose" / f"scan_{p}.nii.gz" for p in PHASES]
+    for path, p in zip(loose, PHASES, strict=True):
+        write_nifti(phase_volumes[swapped[p]], path)
+    with pytest.raises(PhaseError, match="tags and images disagree"):
+        resolve_input(loose)
+
+
 # --------------------------------------------------------------------------------------------------
 # Clinical fields
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 INPUT is one of:
 
 * a **dataset case folder** (holds ``case.json``): ``image_{NC,ART,PV}.nii.gz``, or a ``dicom/`` folder
-  with the three series; clinical fields come from ``case.json`` unless given otherwise;
+  with the three series; clinical fields come from ``case.json`` unless given otherwise; the file names
+  are the dataset's phase labels, so images that disagree with them give a warning, as an override does;
 * a **DICOM study folder**: the three series anywhere below it; phases identified from the tags and
   confirmed on the images (:func:`liaids.io.read_study`);
 * **three volumes** (NIfTI files, or one-series DICOM folders): the phase of each is named by its file name
@@ -443,8 +444,10 @@ def _check_images(
     evidence: dict[str, list[str]],
     overridden: list[str],
     root: Path,
+    chosen_by: str = "overridden",
 ) -> tuple[dict[str, Any], list[str]]:
-    """Confirm the phases on the images; fatal without overrides, a warning with them."""
+    """Confirm the phases on the images; fatal unless some were chosen by the user or a dataset
+    (``overridden``), then a warning."""
     from liaids.io.phases import PhaseAssignment, check_phases
 
     assignment = PhaseAssignment(series=dict(series), evidence=evidence)
@@ -454,7 +457,7 @@ def _check_images(
         if not overridden:
             raise
         given = ", ".join(overridden)
-        return {}, [f"image check disagrees with the phases chosen ({given} overridden): {exc.problem}"]
+        return {}, [f"image check disagrees with the phases chosen ({given} {chosen_by}): {exc.problem}"]
     for phase, m in measured.items():
         aorta, soft = m.get("aorta_hu"), m.get("soft_tissue_hu")
         evidence[phase].append(
@@ -523,7 +526,11 @@ def _resolve_volumes(
         detail = ", ".join(f"{p} {files[p]} has PatientID '{i}'" for p, i in ids.items() if i)
         raise PhaseError(f"mismatched PatientID across the phases: {detail}", root)
     series = {p: str(files[p]) for p in PHASES}
-    measured, warnings = _check_images(series, volumes, evidence, sorted(overrides), root)
+    # A dataset's file names are its annotators' labels, like an override: a late or weak arterial phase
+    # there is data to report on, not an input error.
+    labelled = sorted(overrides) or ([p for p in PHASES if claims.get(p)] if named_by_dataset else [])
+    chosen_by = "overridden" if overrides else "named by the dataset"
+    measured, warnings = _check_images(series, volumes, evidence, labelled, root, chosen_by)
     method = (
         "override" if len(overrides) == len(PHASES) else "override+names" if overrides else "names+images"
     )
