@@ -6,8 +6,10 @@ detector and candidate filter see a few slices of one phase, where a vessel's cr
 round lesion, and the classifier then calls it a haemangioma (it fills in with the blood pool). What gives
 a vessel away is the three phases together: in the portal venous phase its lumen is brighter than the
 liver and the bright structure runs on beyond the box, while lesions are hypodense there or enclose their
-enhancement. This stage reads those properties from each phase's matched box and combines them with the
-detector's score in a logistic model, fitted on detector output of validation cases and stored as JSON
+enhancement. (Fitted on the phantom, the model leans on the PV attenuation; the bright structure leaving
+the box did not separate vessels from lesions there and got a weight of the other sign.) This stage
+reads those properties from each phase's matched box and combines them with the detector's score in a
+logistic model, fitted on detector output of validation cases and stored as JSON
 (``verifier.json`` in the detector's folder: feature names, standardisation, coefficients), so the rule is
 inspectable.
 
