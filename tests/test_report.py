@@ -219,6 +219,15 @@ def test_html_says_when_the_patient_context_changed_the_probabilities(diagnosis:
     assert "other lesions; this lesion alone: HM 60.0 %" in html
 
 
+def test_html_names_the_detector_score_when_the_verifier_changed_it(diagnosis: Diagnosis) -> None:
+    report = build_report(diagnosis)
+    lesion = report["lesions"][0]
+    assert lesion["detector_score"] == lesion["detection_score"]  # the hand-built run has no verifier
+    assert "three-phase check" not in render_html(report, {})
+    lesion["detection_score"], lesion["detector_score"] = 0.41, 0.93
+    assert "detection score 0.41 (after the three-phase check; detector 0.93)" in render_html(report, {})
+
+
 def test_html_without_lesions(diagnosis: Diagnosis) -> None:
     empty = replace(diagnosis, lesions=[], decision=decide([], 0.1))
     report = build_report(empty)

@@ -120,6 +120,15 @@ def _yes_no(value: Any) -> str:
     return "unknown" if value is None else str(value)
 
 
+def _score_note(lesion: Mapping[str, Any]) -> str:
+    """The detection score, and the detector's own where the three-phase verifier re-scored the lesion."""
+    note = f"detection score {_fmt(lesion['detection_score'], 2)}"
+    detector = lesion.get("detector_score")
+    if detector is not None and detector != lesion["detection_score"]:
+        note += f" (after the three-phase check; detector {_fmt(detector, 2)})"
+    return note
+
+
 def _summary_table(lesions: list[Mapping[str, Any]]) -> str:
     if not lesions:
         return '<p class="muted">No lesion was detected in the liver.</p>'
@@ -175,7 +184,7 @@ def _lesion_card(lesion: Mapping[str, Any], images: Mapping[str, bytes] | None) 
         f"{_bars(lesion['probabilities'])}{_context_note(lesion)}"
         f'<div class="muted">Diameter {_fmt(lesion["diameter_mm"], 1, " mm")}, volume '
         f"{_fmt(lesion['volume_ml'], 2, ' ml')} (measured in {_e(lesion['measured_in'])}); "
-        f"detection score {_fmt(lesion['detection_score'], 2)}</div></div></div>"
+        f"{_score_note(lesion)}</div></div></div>"
         "<table><tr><th>phase</th><th>lesion</th><th>score</th><th>bbox_ijk</th><th>mask</th>"
         f"<th>diameter</th><th>volume</th></tr>{detail_rows}</table></div>"
     )
