@@ -524,6 +524,18 @@ def test_verifier_examples_come_from_the_runs_reports(
     livers = {p: read_nifti(runs["nifti"] / f"liver_{p}.nii.gz").array for p in PHASES}
     expected = lesion_features(case.study.phases, livers, matched_lesion_of(kept[0]))
     np.testing.assert_allclose(features[0], expected)
+    # Runs whose scores are already verified, or that dropped candidates, are refused.
+    for key, value, message in (
+        ("verifier", {"file": "verifier.json"}, "run made with a lesion verifier"),
+        ("operating_score", min_score + 0.5, "fit on runs that keep every candidate"),
+    ):
+        other = tmp_path / f"other_{key}" / case_id
+        other.mkdir(parents=True)
+        report = json.loads((runs["nifti"] / "report.json").read_text())
+        report["models"]["detector"][key] = value
+        (other / "report.json").write_text(json.dumps(report))
+        with pytest.raises(LiaidsError, match=message):
+            verifier_examples(dataset, other.parent, [case_id], min_score)
     if labels.all() or not labels.any():  # an untrained detector: one class only, a clear error
         with pytest.raises(LiaidsError, match="both true lesions and false positives"):
             train_verifier(dataset.root, predictions, tmp_path / "out", min_score=min_score)

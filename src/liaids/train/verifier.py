@@ -12,6 +12,7 @@ and counts it learnt from; copy it into the detector's folder to use it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -58,14 +59,21 @@ def verifier_examples(
     Returns:
         ``(features (N, len(FEATURES)), is_lesion (N,))``.
     """
-    import json
-
     rows, labels = [], []
     for n, case_id in enumerate(case_ids):
         if progress:
             progress(f"verifier examples: {case_id}", n / max(len(case_ids), 1))
         folder = predictions / case_id
         report = json.loads((folder / "report.json").read_text())
+        detector = report.get("models", {}).get("detector", {})
+        if detector.get("verifier"):
+            raise LiaidsError("run made with a lesion verifier: fit on runs of the detector alone", folder)
+        if float(detector.get("operating_score") or 0.0) > min_score:
+            raise LiaidsError(
+                f"run kept only lesions from {detector['operating_score']}, above min_score {min_score}: "
+                "fit on runs that keep every candidate",
+                folder,
+            )
         match = match_case(read_truth(dataset, case_id), read_report(folder / "report.json", case_id))
         hit = [rec.hit for rec in match.scan.detections]
         chosen = [i for i, les in enumerate(report["lesions"]) if les["detection_score"] >= min_score]
