@@ -63,7 +63,7 @@ def predicted(
 
 def rescore_reports(ds: Dataset, predictions: Path, reports: list[dict], folder: Path) -> dict:
     """Replace each report lesion's ``detection_score`` by the verifier's score; the verifier's record."""
-    from liaids.classification.verification import VERIFIER_FILE, LesionVerifier
+    from liaids.classification.verification import VERIFIER_FILE, LesionVerifier, study_liver_hu
     from liaids.codes import PHASES
     from liaids.io import read_nifti
     from liaids.train.verifier import matched_lesion_of
@@ -72,8 +72,9 @@ def rescore_reports(ds: Dataset, predictions: Path, reports: list[dict], folder:
     for case_id, report in zip(ds.case_ids, reports, strict=True):
         study = ds.load_case(case_id).study.phases
         livers = {p: read_nifti(predictions / case_id / f"liver_{p}.nii.gz").array for p in PHASES}
+        liver_hu = study_liver_hu(study, livers)
         for les in report["lesions"]:
-            les["detection_score"] = verifier.score_lesion(study, livers, matched_lesion_of(les))
+            les["detection_score"] = verifier.score_lesion(study, livers, matched_lesion_of(les), liver_hu)
     fitted_on = set((verifier.source or {}).get("cases", []))
     return {
         "file": str(folder / VERIFIER_FILE),

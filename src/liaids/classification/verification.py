@@ -92,6 +92,17 @@ def liver_median_hu(volume: Volume, liver: np.ndarray) -> float:
     return float(np.median(values)) if values.size else 60.0
 
 
+def _liver_array(liver: Volume | np.ndarray) -> np.ndarray:
+    return liver.array if isinstance(liver, Volume) else liver
+
+
+def study_liver_hu(
+    study: Mapping[str, Volume], livers: Mapping[str, Volume | np.ndarray]
+) -> dict[str, float]:
+    """:func:`liver_median_hu` of each phase: computed once per study, shared by its lesions."""
+    return {p: liver_median_hu(study[p], _liver_array(livers[p])) for p in PHASES}
+
+
 def bright_structure(hu: np.ndarray, lo: np.ndarray, hi: np.ndarray, threshold: float) -> tuple[float, float]:
     """How a bright structure through a box continues beyond it.
 
@@ -124,7 +135,10 @@ def bright_structure(hu: np.ndarray, lo: np.ndarray, hi: np.ndarray, threshold: 
 
 
 def lesion_features(
-    study: Mapping[str, Volume], livers: Mapping[str, Volume | np.ndarray], lesion: MatchedLesion
+    study: Mapping[str, Volume],
+    livers: Mapping[str, Volume | np.ndarray],
+    lesion: MatchedLesion,
+    liver_hu: Mapping[str, float] | None = None,
 ) -> np.ndarray:
     """The verifier's features of one matched lesion, in :data:`FEATURES` order.
 
@@ -132,22 +146,23 @@ def lesion_features(
         study: phase -> CT volume (HU), as read.
         livers: phase -> liver mask of the same grid.
         lesion: the matched lesion (a box in every phase).
+        liver_hu: :func:`study_liver_hu` of the study, when already computed.
 
     Returns:
         float64 ``(len(FEATURES),)``.
     """
+    liver_hu = study_liver_hu(study, livers) if liver_hu is None else liver_hu
     score = min(max(float(lesion.score), 1e-4), 1.0 - 1e-4)
     sizes, cores, liver_cores = [], {}, []
     bright = (0.0, 0.0)
     for phase in PHASES:
         volume = study[phase]
-        liver = livers[phase]
-        liver = liver.array if isinstance(liver, Volume) else liver
+        liver = _liver_array(livers[phase])
         lo, hi = _box_kji(lesion.boxes[phase], volume.shape)
         spacing_kji = np.asarray(volume.spacing[::-1], float)
         sizes.append(float(((hi - lo) * spacing_kji).max()))
         c_lo, c_hi = _middle_third(lo, hi)
-        reference = liver_median_hu(volume, liver)
+        reference = liver_hu[phase]
         cores[phase] = float(np.median(volume.array[_slices(c_lo, c_hi)])) - reference
         liver_cores.append(float((liver[_slices(c_lo, c_hi)] > 0).mean()))
         if phase == "PV":
@@ -200,9 +215,10 @@ class LesionVerifier:
         study: Mapping[str, Volume],
         livers: Mapping[str, Volume | np.ndarray],
         lesion: MatchedLesion,
+        liver_hu: Mapping[str, float] | None = None,
     ) -> float:
         """:meth:`rescore` of a matched lesion's features (:func:`lesion_features`)."""
-        return self.rescore(float(lesion.score), lesion_features(study, livers, lesion))
+        return self.rescore(float(lesion.score), lesion_features(study, livers, lesion, liver_hu))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -35,7 +35,7 @@ from liaids.classification.matching import MatchedLesion, PhaseBox, match_lesion
 from liaids.classification.predictor import DEFAULT_MODEL as CLASSIFIER_DEFAULT
 from liaids.classification.predictor import MODEL_KIND as CLASSIFIER_KIND
 from liaids.classification.predictor import LesionClassifier, LesionPrediction
-from liaids.classification.verification import VERIFIER_FILE, LesionVerifier
+from liaids.classification.verification import VERIFIER_FILE, LesionVerifier, study_liver_hu
 from liaids.clinical import ClinicalInfo
 from liaids.codes import PHASES
 from liaids.detection.predictor import DEFAULT_MODEL as DETECTOR_DEFAULT
@@ -558,8 +558,9 @@ def run_diagnosis(
         # Below min_score the verified score is at most the detector's, so a lesion below both min_score
         # and the operating point cannot reach the point: skip reading its features.
         floor = min(verifier.min_score, models.lesion_threshold)
+        liver_hu = study_liver_hu(study.phases, livers)
         verified = [
-            replace(m, score=verifier.score_lesion(study.phases, livers, m))
+            replace(m, score=verifier.score_lesion(study.phases, livers, m, liver_hu))
             for m in matched
             if m.score >= floor
         ]

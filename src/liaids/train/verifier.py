@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from liaids.classification.matching import MatchedLesion
-from liaids.classification.verification import FEATURES, LesionVerifier, fit_verifier, lesion_features
+from liaids.classification.verification import (
+    FEATURES,
+    LesionVerifier,
+    fit_verifier,
+    lesion_features,
+    study_liver_hu,
+)
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
@@ -81,8 +87,10 @@ def verifier_examples(
             continue
         case = dataset.load_case(case_id)
         livers = {p: read_nifti(folder / f"liver_{p}.nii.gz").array for p in PHASES}
+        liver_hu = study_liver_hu(case.study.phases, livers)
         for i in chosen:
-            rows.append(lesion_features(case.study.phases, livers, matched_lesion_of(report["lesions"][i])))
+            lesion = matched_lesion_of(report["lesions"][i])
+            rows.append(lesion_features(case.study.phases, livers, lesion, liver_hu))
             labels.append(hit[i])
     return np.asarray(rows, float).reshape(-1, len(FEATURES)), np.asarray(labels, bool)
 
