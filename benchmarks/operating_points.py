@@ -35,6 +35,7 @@ import numpy as np
 from _report import emit
 
 from liaids.classification.context import PatientContext, load_patient_context
+from liaids.classification.verification import VERIFIED_SCORE
 from liaids.codes import LESION_TYPES, MALIGNANT_TYPES
 from liaids.dataset import Dataset
 from liaids.pipeline.decision import (
@@ -63,18 +64,14 @@ def predicted(
 
 def rescore_reports(ds: Dataset, predictions: Path, reports: list[dict], folder: Path) -> dict:
     """Replace each report lesion's ``detection_score`` by the verifier's score; the verifier's record."""
-    from liaids.classification.verification import VERIFIER_FILE, LesionVerifier, study_liver_hu
-    from liaids.codes import PHASES
-    from liaids.io import read_nifti
-    from liaids.train.verifier import matched_lesion_of
+    from liaids.classification.verification import VERIFIER_FILE, LesionVerifier
+    from liaids.train.verifier import run_lesion_features
 
     verifier = LesionVerifier.load(folder)
     for case_id, report in zip(ds.case_ids, reports, strict=True):
-        study = ds.load_case(case_id).study.phases
-        livers = {p: read_nifti(predictions / case_id / f"liver_{p}.nii.gz").array for p in PHASES}
-        liver_hu = study_liver_hu(study, livers)
-        for les in report["lesions"]:
-            les["detection_score"] = verifier.score_lesion(study, livers, matched_lesion_of(les), liver_hu)
+        features = run_lesion_features(ds, predictions, case_id, report["lesions"])
+        for les, row in zip(report["lesions"], features, strict=True):
+            les["detection_score"] = verifier.rescore(float(les["detection_score"]), row)
     fitted_on = set((verifier.source or {}).get("cases", []))
     return {
         "file": str(folder / VERIFIER_FILE),
@@ -151,7 +148,7 @@ def main() -> None:
             "chosen_on": str(a.data),
             "cases": list(ds.case_ids),
             "patient_accuracy": best["patient_accuracy"],
-            "applies_to": "verified score" if verification else "detector score",
+            "applies_to": VERIFIED_SCORE if verification else "detector score",
         }
         path.write_text(json.dumps(config, indent=1) + "\n")
         if verification:  # the operating point holds for verified scores only: ship the verifier with it

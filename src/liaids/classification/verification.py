@@ -49,6 +49,8 @@ from liaids.types import Volume
 
 VERIFIER_KIND = "lesion-verifier"
 VERIFIER_FILE = "verifier.json"
+#: ``applies_to`` of a detector's ``operating_point`` set on verified scores (it needs the verifier).
+VERIFIED_SCORE = "verified score"
 #: HU above the liver's median from which a PV voxel counts as enhancing like a vessel lumen.
 BRIGHT_HU = 40.0
 #: Largest side (voxels) of the region searched for a bright structure leaving the box.

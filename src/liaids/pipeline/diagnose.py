@@ -35,7 +35,12 @@ from liaids.classification.matching import MatchedLesion, PhaseBox, match_lesion
 from liaids.classification.predictor import DEFAULT_MODEL as CLASSIFIER_DEFAULT
 from liaids.classification.predictor import MODEL_KIND as CLASSIFIER_KIND
 from liaids.classification.predictor import LesionClassifier, LesionPrediction
-from liaids.classification.verification import VERIFIER_FILE, LesionVerifier, study_liver_hu
+from liaids.classification.verification import (
+    VERIFIED_SCORE,
+    VERIFIER_FILE,
+    LesionVerifier,
+    study_liver_hu,
+)
 from liaids.clinical import ClinicalInfo
 from liaids.codes import PHASES
 from liaids.detection.predictor import DEFAULT_MODEL as DETECTOR_DEFAULT
@@ -279,7 +284,7 @@ class DiagnosisModels:
         sources["detector"]["operating_score"] = lesion_threshold
         verifier = None
         if (
-            operating.get("applies_to") == "verified score"
+            operating.get("applies_to") == VERIFIED_SCORE
             and not (folders["detector"] / VERIFIER_FILE).is_file()
         ):
             raise ModelLoadError(

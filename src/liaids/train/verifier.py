@@ -29,7 +29,7 @@ from liaids.classification.verification import (
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
-from liaids.evaluate.cohort import match_case, read_report, read_truth
+from liaids.evaluate.cohort import match_case, parse_report, read_truth
 from liaids.io import read_nifti
 
 Progress = Callable[[str, float], None]
@@ -44,6 +44,27 @@ def matched_lesion_of(report_lesion: dict) -> MatchedLesion:
         scores={p: phases[p]["detection_score"] for p in PHASES},
         score=float(report_lesion["detection_score"]),
     )
+
+
+def run_lesion_features(
+    dataset: Dataset, predictions: Path, case_id: str, lesions: Sequence[dict]
+) -> np.ndarray:
+    """Features of a run's report lesions, from the case's images and the run's liver masks.
+
+    Args:
+        dataset: the dataset holding the case.
+        predictions: folder of ``CASE/liver_{phase}.nii.gz``.
+        case_id: the case.
+        lesions: ``report.json`` lesions of that run.
+
+    Returns:
+        ``(len(lesions), len(FEATURES))``.
+    """
+    study = dataset.load_case(case_id).study.phases
+    livers = {p: read_nifti(predictions / case_id / f"liver_{p}.nii.gz").array for p in PHASES}
+    liver_hu = study_liver_hu(study, livers)
+    rows = [lesion_features(study, livers, matched_lesion_of(les), liver_hu) for les in lesions]
+    return np.asarray(rows, float).reshape(-1, len(FEATURES))
 
 
 def verifier_examples(
@@ -80,19 +101,18 @@ def verifier_examples(
                 "fit on runs that keep every candidate",
                 folder,
             )
-        match = match_case(read_truth(dataset, case_id), read_report(folder / "report.json", case_id))
+        prediction = parse_report(report, case_id, folder / "report.json")
+        match = match_case(read_truth(dataset, case_id), prediction)
         hit = [rec.hit for rec in match.scan.detections]
         chosen = [i for i, les in enumerate(report["lesions"]) if les["detection_score"] >= min_score]
         if not chosen:
             continue
-        case = dataset.load_case(case_id)
-        livers = {p: read_nifti(folder / f"liver_{p}.nii.gz").array for p in PHASES}
-        liver_hu = study_liver_hu(case.study.phases, livers)
-        for i in chosen:
-            lesion = matched_lesion_of(report["lesions"][i])
-            rows.append(lesion_features(case.study.phases, livers, lesion, liver_hu))
-            labels.append(hit[i])
-    return np.asarray(rows, float).reshape(-1, len(FEATURES)), np.asarray(labels, bool)
+        kept = [report["lesions"][i] for i in chosen]
+        rows.append(run_lesion_features(dataset, predictions, case_id, kept))
+        labels += [hit[i] for i in chosen]
+    if not rows:
+        return np.zeros((0, len(FEATURES))), np.zeros(0, bool)
+    return np.vstack(rows), np.asarray(labels, bool)
 
 
 def train_verifier(
