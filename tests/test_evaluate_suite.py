@@ -315,6 +315,56 @@ def test_bad_inputs_fail_with_one_line_and_leave_no_outdir(run: dict[str, Path],
     fails(LiaidsError, "ablation model folder 'x' not found", ablations={"x": tmp_path / "nope"})
 
 
+def test_skip_failed_leaves_out_cases_without_a_usable_report(run: dict[str, Path], tmp_path: Path) -> None:
+    pred = tmp_path / "pred"
+    shutil.copytree(run["pred"], pred)
+    shutil.rmtree(pred / "p3")
+    (pred / "p2" / "report.json").write_text('{"lesions": [')
+    fast = EvaluationSettings(n_resamples=0, tsne=False)
+    with pytest.raises(PredictionError, match=r"p2/report\.json: not valid JSON"):
+        evaluate(run["dataset"], tmp_path / "strict", predictions=pred, settings=fast)
+    assert not (tmp_path / "strict").exists()
+    out = evaluate(run["dataset"], tmp_path / "out", predictions=pred, settings=fast, skip_failed=True)
+    m = _metrics(out)
+    failed = {c["case_id"]: c["error"] for c in m["dataset"]["failed_cases"]}
+    assert set(failed) == {"p2", "p3"} and "not valid JSON" in failed["p2"] and "not found" in failed["p3"]
+    assert m["dataset"]["cases"] == 6 and m["dataset"]["cases_evaluated"] == 4
+    # Left out of every table: the patients, and the lesions of p2 (2) and p3 (1) of the 6 true lesions.
+    assert [r["case_id"] for r in _csv(out / "patients.csv")] == ["p1", "p4", "p5", "p6"]
+    assert m["detection"]["true_lesions"] == 3 and {r["case_id"] for r in _csv(out / "lesions.csv")} == {
+        "p1",
+        "p5",
+    }
+    html = (out / "report.html").read_text()
+    assert "2 of 6 cases left out" in html and "not valid JSON" in html
+    # Every case failing is an error, not an empty evaluation.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LiaidsError, match="all 6 cases failed"):
+        evaluate(run["dataset"], tmp_path / "none", predictions=empty, settings=fast, skip_failed=True)
+    assert not (tmp_path / "none").exists()
+
+
+def test_cli_skip_failed_names_each_left_out_case(run: dict[str, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pred = tmp_path / "pred"
+    shutil.copytree(run["pred"], pred)
+    shutil.rmtree(pred / "p3")
+    args = [sys.executable, "-m", "liaids.cli", "evaluate", str(run["dataset"]), "--predictions", str(pred)]
+    args += ["--bootstrap", "0", "--no-tsne"]
+    strict = subprocess.run([*args, "-o", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 1 and "p3/report.json: file not found" in strict.stderr
+    assert not (tmp_path / "a").exists()
+    proc = subprocess.run(
+        [*args, "-o", str(tmp_path / "b"), "--skip-failed"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "left out p3: " in proc.stderr and "p3/report.json: file not found" in proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "b" / "report.html")
+
+
 def test_existing_outdir_needs_overwrite(run: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -390,6 +440,17 @@ def test_end_to_end_on_phantom_cases(tmp_path: Path) -> None:
     from liaids.phantom.cohort import synthesize_dataset
 
     dataset = synthesize_dataset(tmp_path / "phantom", cases=2, seed=2, profile="qzh")
+    # A third case whose PV image is cut short: the pipeline refuses it, --skip-failed leaves it out.
+    shutil.copytree(dataset / "qzh_0000", dataset / "qzh_cut")
+    image = dataset / "qzh_cut" / "image_PV.nii.gz"
+    image.write_bytes(image.read_bytes()[:5000])
+    (dataset / "qzh_cut" / "case.json").write_text(
+        (dataset / "qzh_cut" / "case.json").read_text().replace('"qzh_0000"', '"qzh_cut"')
+    )
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["cases"].append("qzh_cut")
+    meta["numCases"] = 3
+    (dataset / "dataset.json").write_text(json.dumps(meta))
     models = _stand_in_models(tmp_path / "models")
     out = evaluate(
         dataset,
@@ -397,8 +458,12 @@ def test_end_to_end_on_phantom_cases(tmp_path: Path) -> None:
         weights=models["bundle"],
         ablations={"image_only": models["image_only"], "detector_b": models["detector_b"]},
         settings=EvaluationSettings(n_resamples=50),
+        skip_failed=True,
     )
     m = _metrics(out)
+    (failed,) = m["dataset"]["failed_cases"]
+    assert failed["case_id"] == "qzh_cut" and "image_PV.nii.gz" in failed["error"]
+    assert m["dataset"]["cases_evaluated"] == 2 and not (out / "predictions" / "qzh_cut").exists()
     assert (
         m["predictions"]["kind"] == "diagnose"
         and m["predictions"]["models"]["classifier"]["variant"] == "full"

@@ -244,6 +244,13 @@ def evaluate(
     seed: Annotated[int, typer.Option(min=0)] = 0,
     tsne: Annotated[bool, typer.Option(help="t-SNE of the classifier's image features.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    skip_failed: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out (and list in metrics.json) cases the pipeline refuses or whose report is "
+            "missing, instead of stopping."
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Evaluate on a dataset with the paper's statistics: metrics.json, CSVs, plots, report.html."""
@@ -270,10 +277,16 @@ def evaluate(
             device=device,
             settings=settings,
             overwrite=overwrite,
+            skip_failed=skip_failed,
             progress=progress,
         ),
         "evaluating",
     )
+    failed = json.loads((out / "metrics.json").read_text())["dataset"]["failed_cases"]
+    for case in failed:
+        typer.echo(f"left out {case['case_id']}: {case['error']}", err=True)
+    if failed:
+        typer.echo(f"{len(failed)} case(s) left out of every statistic (metrics.json failed_cases)", err=True)
     print(out / "report.html")
 
 

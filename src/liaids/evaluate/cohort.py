@@ -40,7 +40,15 @@ import numpy as np
 
 from liaids.codes import LESION_TYPES, MALIGNANT_TYPES, PHASES, SMALL_LESION_MM
 from liaids.dataset import Dataset
-from liaids.errors import DatasetError, LiaidsError, PredictionError
+from liaids.errors import (
+    BoxError,
+    ClinicalInfoError,
+    DatasetError,
+    LiaidsError,
+    PhaseError,
+    PredictionError,
+    StudyReadError,
+)
 from liaids.evaluate.detection import (
     DetectionRecord,
     LesionRecord,
@@ -53,6 +61,18 @@ from liaids.evaluate.detection import (
 
 BBox = tuple[int, int, int, int, int, int]
 Progress = Callable[[str, float], None]
+#: Called with a case id and the error when a case is left out instead of stopping the cohort.
+OnRefused = Callable[[str, LiaidsError], None]
+#: Errors that belong to one case's input (its images, phases, clinical fields, boxes): the case can be
+#: left out of a cohort run. Anything else (a model folder, the output disk) stops the run.
+CASE_REFUSALS: tuple[type[LiaidsError], ...] = (
+    StudyReadError,
+    PhaseError,
+    ClinicalInfoError,
+    DatasetError,
+    BoxError,
+    PredictionError,
+)
 
 #: Patient-level classes: no lesion, then the seven lesion types.
 NO_LESION = "NONE"
@@ -467,23 +487,36 @@ def read_report(path: str | Path, case_id: str | None = None) -> CasePrediction:
     return parse_report(data, case_id, path)
 
 
-def read_predictions(folder: str | Path, case_ids: Sequence[str]) -> dict[str, CasePrediction]:
+def read_predictions(
+    folder: str | Path, case_ids: Sequence[str], on_refused: OnRefused | None = None
+) -> dict[str, CasePrediction]:
     """Read ``folder/CASE_ID/report.json`` of every case.
 
     Args:
         folder: the predictions folder (e.g. an earlier evaluation's ``predictions/``).
         case_ids: the dataset's cases; each needs a report (extra folders are ignored).
+        on_refused: None: a missing or malformed report stops the reading. Otherwise it is called with
+            the case id and the error, and the case is left out of the result.
 
     Returns:
         Case id -> prediction, in ``case_ids`` order.
 
     Raises:
-        PredictionError: the folder or a case's report.json is missing or malformed.
+        PredictionError: the folder, or (without ``on_refused``) a case's report.json, is missing or
+            malformed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise _fail(folder, "predictions folder not found")
-    return {c: read_report(folder / c / "report.json", c) for c in case_ids}
+    predictions = {}
+    for case_id in case_ids:
+        try:
+            predictions[case_id] = read_report(folder / case_id / "report.json", case_id)
+        except PredictionError as exc:
+            if on_refused is None:
+                raise
+            on_refused(case_id, exc)
+    return predictions
 
 
 def run_pipeline(
@@ -493,6 +526,7 @@ def run_pipeline(
     weights: Any = None,
     device: str = "cpu",
     progress: Progress | None = None,
+    on_refused: OnRefused | None = None,
 ) -> dict[str, CasePrediction]:
     """Run ``liaids diagnose`` on every case, writing ``out/CASE_ID/`` (report.json, report.html, masks).
 
@@ -505,10 +539,14 @@ def run_pipeline(
         weights: model folders (see :func:`liaids.pipeline.diagnose.model_folders`).
         device: ``cpu`` or ``cuda``.
         progress: called with a message and the fraction done.
+        on_refused: None: the first case the pipeline refuses (:data:`CASE_REFUSALS`: unreadable or
+            ambiguous images, phases, clinical fields) stops the run. Otherwise it is called with the case
+            id and the error, the case gets no folder, and the run goes on.
 
     Returns:
-        Case id -> prediction, read back from the written report.json files.
+        Case id -> prediction, read back from the written report.json files (refused cases left out).
     """
+    import shutil
     from dataclasses import replace
 
     from liaids.pipeline.diagnose import DiagnosisModels, check_device, run_diagnosis
@@ -525,22 +563,28 @@ def run_pipeline(
     for n, case_id in enumerate(dataset.case_ids):
         report(f"diagnosing {case_id} ({n + 1}/{n_cases})", n / n_cases)
         started = time.perf_counter()
-        study_input = resolve_input(dataset.root / case_id)
-        clinical = resolve_clinical(
-            as_clinical_input(None),
-            case_values=study_input.case_clinical,
-            case_source=study_input.case_json,
-            dicom=study_input.patient,
-            required=models.classifier.network.config.uses_clinical,
-        )
-        read_s = time.perf_counter() - started
-        diagnosis = run_diagnosis(study_input, clinical, models)
-        # Model loading is shared by the cohort: its time is reported once, in the first case.
-        timings = {"load_models": load_s if n == 0 else 0.0, "read": read_s, **diagnosis.timings}
         folder = out / case_id
-        folder.mkdir(parents=True, exist_ok=False)
-        path = write_report_folder(replace(diagnosis, timings=timings), folder, started=started)
-        predictions[case_id] = read_report(path, case_id)
+        try:
+            study_input = resolve_input(dataset.root / case_id)
+            clinical = resolve_clinical(
+                as_clinical_input(None),
+                case_values=study_input.case_clinical,
+                case_source=study_input.case_json,
+                dicom=study_input.patient,
+                required=models.classifier.network.config.uses_clinical,
+            )
+            read_s = time.perf_counter() - started
+            diagnosis = run_diagnosis(study_input, clinical, models)
+            # Model loading is shared by the cohort: its time is reported once, in the first case run.
+            timings = {"load_models": 0.0 if predictions else load_s, "read": read_s, **diagnosis.timings}
+            folder.mkdir(parents=True, exist_ok=False)
+            path = write_report_folder(replace(diagnosis, timings=timings), folder, started=started)
+            predictions[case_id] = read_report(path, case_id)
+        except CASE_REFUSALS as exc:
+            if on_refused is None:
+                raise
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-written stays behind
+            on_refused(case_id, exc)
     return predictions
 
 

@@ -340,6 +340,18 @@ _RENDERERS = {
 }
 
 
+def _failed_cases_html(dataset: Mapping[str, Any]) -> list[str]:
+    """A warning card listing the cases left out (``--skip-failed``), or nothing."""
+    failed = dataset.get("failed_cases") or []
+    if not failed:
+        return []
+    items = "".join(f"<li><code>{_e(c['case_id'])}</code>: {_e(c['error'])}</li>" for c in failed)
+    return [
+        f"<div class='card'><b>{len(failed)} of {dataset['cases']} cases left out of every number on this "
+        f"page</b> (the pipeline refused them, or their report was missing):<ul>{items}</ul></div>"
+    ]
+
+
 def render_evaluation_html(metrics: Mapping[str, Any], folder: str | Path) -> str:
     """The evaluation page.
 
@@ -363,6 +375,7 @@ def render_evaluation_html(metrics: Mapping[str, Any], folder: str | Path) -> st
         f"<p class='muted'>{ds['cases']} cases from <code>{_e(ds['folder'])}</code>; predictions: "
         f"{_e(pred['kind'])} (<code>{_e(pred['folder'])}</code>); created {_e(metrics['created'])}; "
         f"liaids {_e(metrics['software']['liaids'])}.</p>",
+        *_failed_cases_html(ds),
         "<div class='card'><b>Settings</b> "
         + _e(", ".join(f"{k} = {v}" for k, v in settings.items()))
         + "<br><span class='muted'>Every number on this page is in <code>metrics.json</code>; every figure "

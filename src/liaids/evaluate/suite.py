@@ -758,6 +758,7 @@ def evaluate(
     device: str = "cpu",
     settings: EvaluationSettings | None = None,
     overwrite: bool = False,
+    skip_failed: bool = False,
     progress: Progress | None = None,
 ) -> Path:
     """Evaluate LiAIDS on a dataset and write OUTDIR (``liaids evaluate DATASET -o OUTDIR``).
@@ -778,6 +779,11 @@ def evaluate(
         device: ``cpu`` or ``cuda``.
         settings: matching rule, thresholds, bootstrap (:class:`EvaluationSettings`).
         overwrite: replace a non-empty OUTDIR (only once the evaluation has succeeded).
+        skip_failed: ``--skip-failed``: a case the pipeline refuses (its images, phases or clinical
+            fields; :data:`liaids.evaluate.cohort.CASE_REFUSALS`), or whose report.json is missing or
+            malformed, is left out of every statistic and listed with its one-line error in
+            metrics.json ``dataset.failed_cases`` instead of stopping the evaluation. Model problems
+            still stop it, and so does a cohort where every case fails.
         progress: called as ``progress(message, fraction)``.
 
     Returns:
@@ -785,7 +791,8 @@ def evaluate(
 
     Raises:
         LiaidsError: a one-line error naming the file (missing dataset, a case without report.json,
-            malformed report.json, bad reader CSV, unusable model folder); OUTDIR is then left untouched.
+            malformed report.json, a case the pipeline refuses, bad reader CSV, unusable model folder);
+            OUTDIR is then left untouched.
     """
     from liaids.io.atomic import staged_output_dir
 
@@ -802,8 +809,14 @@ def evaluate(
     with staged_output_dir(out_dir, overwrite=overwrite) as stage:
         report("reading the ground truth", 0.0)
         truths = read_cohort_truth(ds)
+        failed: dict[str, str] = {}
+
+        def refused(case_id: str, error: LiaidsError) -> None:
+            failed[case_id] = str(error)
+
+        on_refused = refused if skip_failed else None
         if predictions is not None:
-            preds = read_predictions(predictions, ds.case_ids)
+            preds = read_predictions(predictions, ds.case_ids, on_refused)
             pred_info: dict[str, Any] = {"kind": "folder", "folder": str(Path(predictions).absolute())}
         else:
             preds = run_pipeline(
@@ -812,8 +825,13 @@ def evaluate(
                 weights=weights,
                 device=device,
                 progress=lambda m, f: report(m, 0.02 + 0.6 * f),
+                on_refused=on_refused,
             )
             pred_info = {"kind": "diagnose", "folder": "predictions"}
+        if failed and not preds:
+            raise LiaidsError(f"all {len(failed)} cases failed; nothing to evaluate", ds.root)
+        # A left-out case is left out of everything: truth tables, strata, t-SNE and ablations.
+        truths = {c: t for c, t in truths.items() if c not in failed}
         pred_info["models"] = _report_models(preds)
 
         report("matching predictions to the truth", 0.65)
@@ -852,7 +870,13 @@ def evaluate(
                 "python": platform.python_version(),
                 "device": device,
             },
-            "dataset": {"folder": str(ds.root.absolute()), "name": ds.meta.get("name"), "cases": len(ds)},
+            "dataset": {
+                "folder": str(ds.root.absolute()),
+                "name": ds.meta.get("name"),
+                "cases": len(ds),
+                "cases_evaluated": len(truths),
+                "failed_cases": [{"case_id": c, "error": e} for c, e in failed.items()],
+            },
             "predictions": pred_info,
             "settings": asdict(cfg),
         }
@@ -1209,7 +1233,7 @@ def _ablations(
     if detectors:
         report("running the detectors with the true livers", 0.85)
         found = detect_with_true_livers(
-            ds, ds.case_ids, detectors, progress=lambda m, f: report(m, 0.85 + 0.06 * f)
+            ds, list(truths), detectors, progress=lambda m, f: report(m, 0.85 + 0.06 * f)
         )
         scans: dict[str, list[ScanMatch]] = {}
         per_lesion = []

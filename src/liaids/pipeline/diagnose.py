@@ -46,7 +46,7 @@ from liaids.codes import PHASES
 from liaids.detection.predictor import DEFAULT_MODEL as DETECTOR_DEFAULT
 from liaids.detection.predictor import MODEL_KIND as DETECTOR_KIND
 from liaids.detection.predictor import DetectedLesion, LesionDetector
-from liaids.errors import LiaidsError, ModelLoadError
+from liaids.errors import LiaidsError, ModelLoadError, StudyReadError
 from liaids.model_store import builtin_model_dir, sha256
 from liaids.pipeline.decision import (
     DEFAULT_TARGET_NPV,
@@ -539,7 +539,7 @@ def run_diagnosis(
     timings["segmentation"] = time.perf_counter() - t0
     no_liver = [p for p in PHASES if not livers[p].array.any()]
     if len(no_liver) == len(PHASES):
-        raise LiaidsError(
+        raise StudyReadError(
             "no liver found in any phase: is this an abdominal CT covering the liver?", study_input.source
         )
     warnings += [f"no liver found in the {p} phase: lesions there are only transferred" for p in no_liver]
