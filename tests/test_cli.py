@@ -39,6 +39,18 @@ def test_synth_writes_a_valid_dataset_with_previews(tmp_path: Path) -> None:
     assert json.loads(info.stdout)["shape_kji"][1:] == [512, 512]
 
 
+def test_synth_first_case_extends_a_cohort(tmp_path: Path) -> None:
+    out = tmp_path / "more"
+    proc = _liaids(
+        "synth", "--out", str(out), "--cases", "1", "--seed", "2", "--profile", "nbh", "--first-case", "3"
+    )
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["cases"] == ["nbh_0003"] and meta["phantom"]["first_case"] == 3
+    case = json.loads((out / "nbh_0003" / "case.json").read_text())
+    assert case["phantom"]["index"] == 3 and case["phantom"]["seed"] == 2
+
+
 def test_unknown_profile_is_one_line_and_leaves_no_folder(tmp_path: Path) -> None:
     proc = _liaids("synth", "--out", str(tmp_path / "x"), "--profile", str(tmp_path / "nope.yaml"))
     _one_line_error(proc, "nope.yaml", "no such profile file")

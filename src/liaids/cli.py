@@ -41,6 +41,12 @@ def synth(
     preview: Annotated[bool, typer.Option("--preview", help="Write preview.png per case.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing non-empty output folder.")] = False,
+    first_case: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Index of the first case: cases FIRST..FIRST+CASES-1 of the cohort (to extend one)."
+        ),
+    ] = 0,
 ) -> None:
     """Generate a synthetic triple-phase liver CT cohort (phantom) in the dataset format."""
     from rich.progress import Progress
@@ -63,6 +69,7 @@ def synth(
             workers,
             overwrite,  # type: ignore[arg-type]
             progress=lambda _cid: bar.advance(task),
+            first_case=first_case,
         )
     print(out)
 

@@ -140,6 +140,7 @@ def synthesize_dataset(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    first_case: int = 0,
 ) -> Path:
     """Generate a phantom cohort in the dataset format. Nothing is left behind if it fails midway.
 
@@ -153,6 +154,9 @@ def synthesize_dataset(
         workers: parallel processes.
         overwrite: replace an existing non-empty ``out``.
         progress: called with each finished case id.
+        first_case: index of the first case. Cases ``first_case .. first_case + cases - 1`` are made,
+            identical to those of a larger cohort with the same seed and profile, so a cohort can be
+            extended without making its first cases again.
 
     Returns:
         The dataset folder.
@@ -160,11 +164,11 @@ def synthesize_dataset(
     from liaids.io import staged_output_dir
 
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
-    if cases < 1:
-        raise ValueError("cases must be at least 1")
+    if cases < 1 or first_case < 0:
+        raise ValueError("cases must be at least 1 and first_case at least 0")
     out = Path(out)
     with staged_output_dir(out, overwrite=overwrite) as tmp:
-        jobs = [(prof, seed, i, str(tmp), fmt, preview) for i in range(cases)]
+        jobs = [(prof, seed, i, str(tmp), fmt, preview) for i in range(first_case, first_case + cases)]
         if workers > 1:
             with get_context("spawn").Pool(workers) as pool:
                 ids = []
@@ -189,6 +193,7 @@ def synthesize_dataset(
         desc["phantom"] = {
             "version": PHANTOM_VERSION,
             "seed": seed,
+            "first_case": first_case,
             "profile": prof.to_dict(),
             "image_format": fmt,
         }
