@@ -19,9 +19,14 @@ the runs' liver masks (``PRED/CASE/liver_{phase}.nii.gz``) and each lesion's box
 the verified scores. The verifier must have been fitted on other cases than the ones scanned, or on a
 subset whose overlap the result then records.
 
+``--reclassify`` (with ``--classifier DIR``) classifies the reports' lesions again with that classifier,
+from the cases' images, the cases' clinical fields and each lesion's three boxes, as the pipeline would
+with it: a new classifier's operating points without running the detector again. Each lesion's own
+probabilities (``lesion_probabilities``) are replaced; the context is applied at each threshold as above.
+
 Run:
   .venv/bin/python benchmarks/operating_points.py --data VAL --predictions OUT/predictions \
-      [--classifier DIR] [--verifier DIR] [--write-detector DIR] [--write-classifier DIR] \
+      [--classifier DIR [--reclassify]] [--verifier DIR] [--write-detector DIR] [--write-classifier DIR] \
       [--out benchmarks/results/operating_points.json]
 """
 
@@ -79,11 +84,30 @@ def rescore_reports(ds: Dataset, predictions: Path, reports: list[dict], folder:
     }
 
 
+def reclassify_reports(ds: Dataset, reports: list[dict], folder: Path) -> dict:
+    """Replace each report lesion's own type probabilities by those of the classifier in ``folder``."""
+    from liaids.classification.predictor import LesionClassifier
+    from liaids.model_store import sha256
+    from liaids.train.verifier import matched_lesion_of
+
+    classifier = LesionClassifier.from_weights(folder)
+    for case_id, report in zip(ds.case_ids, reports, strict=True):
+        if not report["lesions"]:
+            continue
+        case = ds.load_case(case_id)
+        lesions = [matched_lesion_of(les) for les in report["lesions"]]
+        answers = classifier.classify(case.study, lesions, case.info.clinical)
+        for les, answer in zip(report["lesions"], answers, strict=True):
+            les["lesion_probabilities"] = answer.lesion_probabilities or answer.probabilities
+    return {"folder": str(folder), "sha256": sha256(folder / "model.pt")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--predictions", type=Path, required=True)
     ap.add_argument("--classifier", type=Path, default=None, help="default: the one the reports name")
+    ap.add_argument("--reclassify", action="store_true", help="classify the lesions again with --classifier")
     ap.add_argument("--verifier", type=Path, default=None, help="folder with verifier.json to re-score with")
     ap.add_argument("--write-detector", type=Path, default=None)
     ap.add_argument("--write-classifier", type=Path, default=None)
@@ -101,6 +125,9 @@ def main() -> None:
             raise SystemExit(f"the reports name {len(named)} classifier folders; pass --classifier")
         classifier = Path(named.pop())
     context = load_patient_context(classifier)
+    if a.reclassify and a.classifier is None:
+        raise SystemExit("--reclassify needs --classifier")
+    reclassified = reclassify_reports(ds, reports, classifier) if a.reclassify else None
     verification = None if a.verifier is None else rescore_reports(ds, a.predictions, reports, a.verifier)
     scores = sorted({les["detection_score"] for r in reports for les in r["lesions"]})
     candidates = [0.0, *scores]
@@ -134,6 +161,7 @@ def main() -> None:
         "true_types": {t: truths.count(t) for t in (*LESION_TYPES, "NONE")},
         "classifier": str(classifier),
         "patient_context": context.to_dict(),
+        "reclassified_with": reclassified,
         "verifier": verification,
         "detection_operating_point": best,
         "triage": triage.to_dict(),
