@@ -58,6 +58,14 @@ def test_indeterminate_makes_high_risk() -> None:
     assert "0.12" in d.reason and "0.10" in d.reason
 
 
+def test_reasons_show_small_probabilities_and_thresholds_readably() -> None:
+    # A cautious threshold of 0.0000355 and an abscess at 0.0015 must not both read "0.00".
+    d = decide([LesionCall(1, "HA", 0.0015)], 3.5456e-05)
+    assert d.risk == "high" and "0.0015 is not below the threshold 3.5e-05" in d.reason
+    low = decide([LesionCall(1, "HC", 1.2e-05)], 3.5456e-05)
+    assert low.risk == "low" and "1.2e-05 is below the threshold 3.5e-05" in low.reason
+
+
 def test_every_lesion_confidently_benign_is_low_risk() -> None:
     d = decide([LesionCall(2, "HC", 0.02, 0.5), LesionCall(1, "HH", 0.07, 0.9)], 0.1)
     assert d.risk == "low" and d.malignancy == "benign"

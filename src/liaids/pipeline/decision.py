@@ -268,31 +268,35 @@ def _decide(lesions: Sequence[LesionCall], threshold: float) -> PatientDecision:
     )
     category = categories[worst.lesion_id]
     score = triage_score(lesions)
-    p = worst.malignant_probability
+    p = probability_text(worst.malignant_probability)
+    t = probability_text(threshold)
     if category == "malignant":
         risk = "high"
         reason = (
             f"lesion {worst.lesion_id} is classified {worst.lesion_type} "
-            f"({LESION_TYPE_NAMES[worst.lesion_type]}), a malignant type; malignant probability {p:.2f}"
+            f"({LESION_TYPE_NAMES[worst.lesion_type]}), a malignant type; malignant probability {p}"
         )
     elif category == "indeterminate":
         risk = "high"
         reason = (
             f"lesion {worst.lesion_id} is indeterminate: classified {worst.lesion_type} "
-            f"({LESION_TYPE_NAMES[worst.lesion_type]}) but its malignant probability {p:.2f} is not below "
-            f"the threshold {threshold:.2f}"
+            f"({LESION_TYPE_NAMES[worst.lesion_type]}) but its malignant probability {p} is not below "
+            f"the threshold {t}"
         )
     else:
         risk = "low"
         n = len(lesions)
         every = "the lesion is" if n == 1 else f"all {n} lesions are"
-        reason = (
-            f"{every} confidently benign: highest malignant probability {p:.2f} is below the "
-            f"threshold {threshold:.2f}"
-        )
+        reason = f"{every} confidently benign: highest malignant probability {p} is below the threshold {t}"
     return PatientDecision(
         worst.lesion_type, category, worst.lesion_id, categories, score, risk, reason, threshold
     )
+
+
+def probability_text(value: float) -> str:
+    """A probability for a reader: two decimals, or two significant digits below 0.01 (triage thresholds
+    can be 0.00004, and "0.00 is not below 0.00" explains nothing)."""
+    return f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:.2g}"
 
 
 def triage_settings_from_validation(

@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from liaids.codes import CLINICAL_FIELDS, LESION_TYPE_NAMES, LESION_TYPES, MALIGNANT_TYPES, PHASES
+from liaids.pipeline.decision import probability_text
 from liaids.report.key_images import COLOURS, phase_captions
 
 _STYLE = """
@@ -95,7 +96,7 @@ def _triage_section(report: Mapping[str, Any]) -> str:
         f'<div class="risk {_e(risk)}">{_e(risk).upper()} RISK</div>'
         f"<div><div><strong>Diagnosis:</strong> {headline}</div>"
         f"<div><strong>Reason:</strong> {_e(triage['reason'])}</div>"
-        f'<div class="muted">Operating threshold {_fmt(triage["threshold"], 3)} '
+        f'<div class="muted">Operating threshold {probability_text(float(triage["threshold"]))} '
         f"(source: {_e(triage['threshold_source'])}"
         + (f", chosen for NPV &ge; {_fmt(triage['target_npv'], 2)}" if triage.get("target_npv") else "")
         + f"). {_e(triage['rule'][:1].upper() + triage['rule'][1:])}.</div></div></div>"
