@@ -62,7 +62,8 @@ from liaids.evaluate.statistics import (
 
 Progress = Callable[[str, float], None]
 SCHEMA = "liaids.evaluation"
-SCHEMA_VERSION = "1.0"
+# 1.1: dataset.cases_evaluated and dataset.failed_cases (--skip-failed).
+SCHEMA_VERSION = "1.1"
 FIGURES_DIR = "figures"
 
 
