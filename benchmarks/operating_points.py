@@ -86,16 +86,16 @@ def rescore_reports(ds: Dataset, predictions: Path, reports: list[dict], folder:
 
 def reclassify_reports(ds: Dataset, reports: list[dict], folder: Path) -> dict:
     """Replace each report lesion's own type probabilities by those of the classifier in ``folder``."""
+    from liaids.classification.matching import MatchedLesion
     from liaids.classification.predictor import LesionClassifier
     from liaids.model_store import sha256
-    from liaids.train.verifier import matched_lesion_of
 
     classifier = LesionClassifier.from_weights(folder)
     for case_id, report in zip(ds.case_ids, reports, strict=True):
         if not report["lesions"]:
             continue
         case = ds.load_case(case_id)
-        lesions = [matched_lesion_of(les) for les in report["lesions"]]
+        lesions = [MatchedLesion.from_report_lesion(les) for les in report["lesions"]]
         answers = classifier.classify(case.study, lesions, case.info.clinical)
         for les, answer in zip(report["lesions"], answers, strict=True):
             les["lesion_probabilities"] = answer.lesion_probabilities or answer.probabilities

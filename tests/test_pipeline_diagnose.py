@@ -506,9 +506,10 @@ def test_verifier_examples_come_from_the_runs_reports(
 ) -> None:
     """``liaids train verifier`` reads one example per reported lesion above min_score, with the features
     the pipeline would compute from the case's images and the run's liver masks."""
+    from liaids.classification.matching import MatchedLesion
     from liaids.classification.verification import lesion_features
     from liaids.dataset import Dataset
-    from liaids.train.verifier import matched_lesion_of, train_verifier, verifier_examples
+    from liaids.train.verifier import train_verifier, verifier_examples
 
     case_id = phantom["nifti"].name
     predictions = tmp_path / "predictions"
@@ -522,7 +523,7 @@ def test_verifier_examples_come_from_the_runs_reports(
     assert len(labels) == len(features) == len(kept) > 0
     case = dataset.load_case(case_id)
     livers = {p: read_nifti(runs["nifti"] / f"liver_{p}.nii.gz").array for p in PHASES}
-    expected = lesion_features(case.study.phases, livers, matched_lesion_of(kept[0]))
+    expected = lesion_features(case.study.phases, livers, MatchedLesion.from_report_lesion(kept[0]))
     np.testing.assert_allclose(features[0], expected)
     # Runs whose scores are already verified, or that dropped candidates, are refused.
     for key, value, message in (

@@ -66,6 +66,18 @@ class MatchedLesion:
             "score": self.score,
         }
 
+    @classmethod
+    def from_report_lesion(cls, lesion: Mapping[str, Any]) -> MatchedLesion:
+        """The matched lesion a ``report.json`` lesion was made from (per-phase boxes, found, scores; the
+        lesion's ``detection_score`` as its score), for tools that re-run a stage on an earlier run."""
+        phases = lesion["phases"]
+        return cls(
+            boxes={p: tuple(int(v) for v in phases[p]["bbox_ijk"]) for p in PHASES},  # type: ignore[misc]
+            found={p: bool(phases[p]["found"]) for p in PHASES},
+            scores={p: phases[p]["detection_score"] for p in PHASES},
+            score=float(lesion["detection_score"]),
+        )
+
 
 @dataclass(frozen=True)
 class LiverAlignment:

@@ -283,18 +283,15 @@ class DiagnosisModels:
         lesion_threshold = float(operating.get("score", 0.0))
         sources["detector"]["operating_score"] = lesion_threshold
         verifier = None
-        if (
-            operating.get("applies_to") == VERIFIED_SCORE
-            and not (folders["detector"] / VERIFIER_FILE).is_file()
-        ):
+        verifier_path = folders["detector"] / VERIFIER_FILE
+        if verifier_path.is_file():
+            verifier = LesionVerifier.load(folders["detector"])
+            sources["detector"]["verifier"] = {"file": str(verifier_path), "sha256": sha256(verifier_path)}
+        elif operating.get("applies_to") == VERIFIED_SCORE:
             raise ModelLoadError(
                 f"the operating point applies to verified scores but {VERIFIER_FILE} is missing",
                 folders["detector"],
             )
-        if (folders["detector"] / VERIFIER_FILE).is_file():
-            verifier = LesionVerifier.load(folders["detector"])
-            path = folders["detector"] / VERIFIER_FILE
-            sources["detector"]["verifier"] = {"file": str(path), "sha256": sha256(path)}
         return cls(segmenter, detector, classifier, triage, sources, lesion_threshold, verifier)
 
 

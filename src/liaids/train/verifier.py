@@ -35,17 +35,6 @@ from liaids.io import read_nifti
 Progress = Callable[[str, float], None]
 
 
-def matched_lesion_of(report_lesion: dict) -> MatchedLesion:
-    """The :class:`MatchedLesion` a ``report.json`` lesion was made from (boxes, found, scores)."""
-    phases = report_lesion["phases"]
-    return MatchedLesion(
-        boxes={p: tuple(int(v) for v in phases[p]["bbox_ijk"]) for p in PHASES},  # type: ignore[misc]
-        found={p: bool(phases[p]["found"]) for p in PHASES},
-        scores={p: phases[p]["detection_score"] for p in PHASES},
-        score=float(report_lesion["detection_score"]),
-    )
-
-
 def run_lesion_features(
     dataset: Dataset, predictions: Path, case_id: str, lesions: Sequence[dict]
 ) -> np.ndarray:
@@ -63,7 +52,9 @@ def run_lesion_features(
     study = dataset.load_case(case_id).study.phases
     livers = {p: read_nifti(predictions / case_id / f"liver_{p}.nii.gz").array for p in PHASES}
     liver_hu = study_liver_hu(study, livers)
-    rows = [lesion_features(study, livers, matched_lesion_of(les), liver_hu) for les in lesions]
+    rows = [
+        lesion_features(study, livers, MatchedLesion.from_report_lesion(les), liver_hu) for les in lesions
+    ]
     return np.asarray(rows, float).reshape(-1, len(FEATURES))
 
 
