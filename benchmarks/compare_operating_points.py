@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from _report import emit
-from operating_points import predicted, rescore_reports, true_patient_type
+from operating_points import predicted, rerun_stages, true_patient_type
 
 from liaids.classification.context import PatientContext, load_patient_context
 from liaids.codes import MALIGNANT_TYPES
@@ -105,10 +105,10 @@ def main() -> None:
     classifier = a.classifier or Path(reports[0]["models"]["classifier"]["folder"])
     context = load_patient_context(classifier)
     verified = copy.deepcopy(reports)
-    verification = rescore_reports(ds, a.predictions, verified, a.verifier)
+    _, verification = rerun_stages(ds, a.predictions, verified, None, a.verifier)
     baseline_verification = None
     if a.baseline_verifier is not None:
-        baseline_verification = rescore_reports(ds, a.predictions, reports, a.baseline_verifier)
+        _, baseline_verification = rerun_stages(ds, a.predictions, reports, None, a.baseline_verifier)
     result = {
         "data": str(a.data),
         "patients": len(truths),

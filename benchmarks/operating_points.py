@@ -67,39 +67,53 @@ def predicted(
     return (decision.diagnosis or "NONE"), triage_score(calls)
 
 
-def rescore_reports(ds: Dataset, predictions: Path, reports: list[dict], folder: Path) -> dict:
-    """Replace each report lesion's ``detection_score`` by the verifier's score; the verifier's record."""
-    from liaids.classification.verification import VERIFIER_FILE, LesionVerifier
-    from liaids.train.verifier import run_lesion_features
+def rerun_stages(
+    ds: Dataset,
+    predictions: Path,
+    reports: list[dict],
+    classifier_folder: Path | None,
+    verifier_folder: Path | None,
+) -> tuple[dict | None, dict | None]:
+    """Classify the reports' lesions again and/or re-score them with a verifier, reading each case once.
 
-    verifier = LesionVerifier.load(folder)
-    for case_id, report in zip(ds.case_ids, reports, strict=True):
-        features = run_lesion_features(ds, predictions, case_id, report["lesions"])
-        for les, row in zip(report["lesions"], features, strict=True):
-            les["detection_score"] = verifier.rescore(float(les["detection_score"]), row)
-    fitted_on = set((verifier.source or {}).get("cases", []))
-    return {
-        "file": str(folder / VERIFIER_FILE),
-        "fitted_on_scanned_cases": sorted(fitted_on & set(ds.case_ids)),
-    }
+    With a classifier, each lesion's own type probabilities (``lesion_probabilities``) are replaced by
+    that classifier's; with a verifier, each lesion's ``detection_score`` by the verified score.
 
-
-def reclassify_reports(ds: Dataset, reports: list[dict], folder: Path) -> dict:
-    """Replace each report lesion's own type probabilities by those of the classifier in ``folder``."""
+    Returns:
+        The classifier's and the verifier's records (None for a stage not re-run).
+    """
     from liaids.classification.matching import MatchedLesion
     from liaids.classification.predictor import LesionClassifier
+    from liaids.classification.verification import VERIFIER_FILE, LesionVerifier
     from liaids.model_store import sha256
+    from liaids.train.verifier import run_lesion_features
 
-    classifier = LesionClassifier.from_weights(folder)
+    classifier = LesionClassifier.from_weights(classifier_folder) if classifier_folder else None
+    verifier = LesionVerifier.load(verifier_folder) if verifier_folder else None
     for case_id, report in zip(ds.case_ids, reports, strict=True):
-        if not report["lesions"]:
+        lesions = report["lesions"]
+        if not lesions or (classifier is None and verifier is None):
             continue
         case = ds.load_case(case_id)
-        lesions = [MatchedLesion.from_report_lesion(les) for les in report["lesions"]]
-        answers = classifier.classify(case.study, lesions, case.info.clinical)
-        for les, answer in zip(report["lesions"], answers, strict=True):
-            les["lesion_probabilities"] = answer.lesion_probabilities or answer.probabilities
-    return {"folder": str(folder), "sha256": sha256(folder / "model.pt")}
+        if classifier is not None:
+            matched = [MatchedLesion.from_report_lesion(les) for les in lesions]
+            answers = classifier.classify(case.study, matched, case.info.clinical)
+            for les, answer in zip(lesions, answers, strict=True):
+                les["lesion_probabilities"] = answer.lesion_probabilities or answer.probabilities
+        if verifier is not None:
+            features = run_lesion_features(case.study.phases, predictions / case_id, lesions)
+            for les, row in zip(lesions, features, strict=True):
+                les["detection_score"] = verifier.rescore(float(les["detection_score"]), row)
+    reclassified = verification = None
+    if classifier_folder is not None:
+        reclassified = {"folder": str(classifier_folder), "sha256": sha256(classifier_folder / "model.pt")}
+    if verifier is not None and verifier_folder is not None:
+        fitted_on = set((verifier.source or {}).get("cases", []))
+        verification = {
+            "file": str(verifier_folder / VERIFIER_FILE),
+            "fitted_on_scanned_cases": sorted(fitted_on & set(ds.case_ids)),
+        }
+    return reclassified, verification
 
 
 def main() -> None:
@@ -127,8 +141,9 @@ def main() -> None:
     context = load_patient_context(classifier)
     if a.reclassify and a.classifier is None:
         raise SystemExit("--reclassify needs --classifier")
-    reclassified = reclassify_reports(ds, reports, classifier) if a.reclassify else None
-    verification = None if a.verifier is None else rescore_reports(ds, a.predictions, reports, a.verifier)
+    reclassified, verification = rerun_stages(
+        ds, a.predictions, reports, classifier if a.reclassify else None, a.verifier
+    )
     scores = sorted({les["detection_score"] for r in reports for les in r["lesions"]})
     candidates = [0.0, *scores]
     table = []

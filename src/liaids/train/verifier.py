@@ -13,7 +13,7 @@ and counts it learnt from; copy it into the detector's folder to use it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,26 +31,24 @@ from liaids.dataset import Dataset
 from liaids.errors import LiaidsError
 from liaids.evaluate.cohort import match_case, parse_report, read_truth
 from liaids.io import read_nifti
+from liaids.types import Volume
 
 Progress = Callable[[str, float], None]
 
 
-def run_lesion_features(
-    dataset: Dataset, predictions: Path, case_id: str, lesions: Sequence[dict]
-) -> np.ndarray:
+def run_lesion_features(study: Mapping[str, Volume], run_folder: Path, lesions: Sequence[dict]) -> np.ndarray:
     """Features of a run's report lesions, from the case's images and the run's liver masks.
 
     Args:
-        dataset: the dataset holding the case.
-        predictions: folder of ``CASE/liver_{phase}.nii.gz``.
-        case_id: the case.
+        study: the case's phase volumes (``Dataset.load_case(case_id).study.phases``), read by the
+            caller so that a tool re-running several stages reads them once.
+        run_folder: the run's folder of that case, holding ``liver_{phase}.nii.gz``.
         lesions: ``report.json`` lesions of that run.
 
     Returns:
         ``(len(lesions), len(FEATURES))``.
     """
-    study = dataset.load_case(case_id).study.phases
-    livers = {p: read_nifti(predictions / case_id / f"liver_{p}.nii.gz").array for p in PHASES}
+    livers = {p: read_nifti(run_folder / f"liver_{p}.nii.gz").array for p in PHASES}
     liver_hu = study_liver_hu(study, livers)
     rows = [
         lesion_features(study, livers, MatchedLesion.from_report_lesion(les), liver_hu) for les in lesions
@@ -99,7 +97,7 @@ def verifier_examples(
         if not chosen:
             continue
         kept = [report["lesions"][i] for i in chosen]
-        rows.append(run_lesion_features(dataset, predictions, case_id, kept))
+        rows.append(run_lesion_features(dataset.load_case(case_id).study.phases, folder, kept))
         labels += [hit[i] for i in chosen]
     if not rows:
         return np.zeros((0, len(FEATURES))), np.zeros(0, bool)
