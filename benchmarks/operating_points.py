@@ -5,6 +5,12 @@
    decides, malignant before benign).
 2. Triage: with that detection threshold, the largest malignant-probability threshold whose low-risk
    group reaches NPV >= 0.99 (``liaids.pipeline.decision.triage_settings_from_validation``).
+3. With ``--triage-detection``: the triage's own detection point as well. The triage then also reads the
+   candidates the report leaves out whose score reaches that point (its *findings*, each called from its
+   own probabilities, ``liaids.pipeline.decision.finding_calls``): a patient is low risk only when neither
+   a reported lesion nor a finding is malignant or indeterminate. Every point from the reporting point down
+   is tried, each with its largest triage threshold reaching NPV >= 0.99; the pair leaving the most
+   patients at low risk is kept (ties: the higher point). When no pair reaches the NPV, none is kept.
 
 Input: a dataset of validation cases and the diagnose reports of those cases with *every* candidate kept
 (``liaids evaluate VAL -o OUT`` with a detector whose config has no ``operating_point`` writes them to
@@ -46,6 +52,8 @@ from liaids.dataset import Dataset
 from liaids.pipeline.decision import (
     calls_at_operating_point,
     decide,
+    triage_detection_scan,
+    triage_point_from_validation,
     triage_score,
     triage_settings_from_validation,
 )
@@ -123,6 +131,9 @@ def main() -> None:
     ap.add_argument("--classifier", type=Path, default=None, help="default: the one the reports name")
     ap.add_argument("--reclassify", action="store_true", help="classify the lesions again with --classifier")
     ap.add_argument("--verifier", type=Path, default=None, help="folder with verifier.json to re-score with")
+    ap.add_argument(
+        "--triage-detection", action="store_true", help="choose the triage's own detection point too"
+    )
     ap.add_argument("--write-detector", type=Path, default=None)
     ap.add_argument("--write-classifier", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
@@ -170,6 +181,12 @@ def main() -> None:
     triage_scores = [predicted(r, t_det, 1.0, context)[1] for r in reports]
     truth_malignant = [y in MALIGNANT_TYPES for y in truths]
     triage = triage_settings_from_validation(triage_scores, truth_malignant, cohort=str(a.data))
+    triage_scan = None
+    if a.triage_detection:
+        triage_scan = triage_detection_scan([r["lesions"] for r in reports], truth_malignant, t_det, context)
+        chosen = triage_point_from_validation(triage_scan, len(truths), cohort=str(a.data))
+        if chosen is not None:
+            triage = chosen
     result = {
         "data": str(a.data),
         "patients": len(truths),
@@ -181,6 +198,7 @@ def main() -> None:
         "detection_operating_point": best,
         "triage": triage.to_dict(),
         "scan": table,
+        "triage_detection_scan": triage_scan,
     }
     if a.write_detector:
         path = a.write_detector / "config.json"
@@ -202,7 +220,7 @@ def main() -> None:
         from liaids.pipeline.diagnose import save_triage_settings
 
         save_triage_settings(a.write_classifier, triage, cases=ds.case_ids)
-    emit(result, a.out, {k: v for k, v in result.items() if k != "scan"})
+    emit(result, a.out, {k: v for k, v in result.items() if k not in ("scan", "triage_detection_scan")})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ from liaids.pipeline.decision import (
     TriageSettings,
     calls_at_operating_point,
     decide,
+    finding_calls,
     lesion_category,
+    triage_detection_scan,
+    triage_point_from_validation,
     triage_score,
     triage_settings_from_validation,
 )
@@ -197,3 +200,93 @@ def test_calls_at_an_operating_point_take_context_from_the_survivors_only() -> N
     alone = {k: v for k, v in report[0].items() if k != "lesion_probabilities"}
     alone["probabilities"] = report[0]["lesion_probabilities"]
     assert calls_at_operating_point([alone], 0.9, context)[0].lesion_type == "HM"
+
+
+def test_findings_raise_the_triage_but_never_change_the_diagnosis() -> None:
+    """The triage reads candidates below the reporting point (findings); the diagnosis does not."""
+    reported = [LesionCall(1, "HC", 0.001, 0.95)]
+    alone = decide(reported, 0.01)
+    assert alone.risk == "low"
+    benign_finding = decide(reported, 0.01, findings=[LesionCall(1, "HH", 0.002, 0.6)])
+    assert benign_finding.risk == "low" and benign_finding.finding_categories == {1: "benign"}
+    flagged = decide(
+        reported, 0.01, findings=[LesionCall(1, "HH", 0.002, 0.6), LesionCall(2, "HM", 0.7, 0.4)]
+    )
+    assert (flagged.diagnosis, flagged.deciding_lesion, flagged.categories) == ("HC", 1, {1: "benign"})
+    assert flagged.risk == "high" and flagged.finding_categories == {1: "benign", 2: "malignant"}
+    assert "finding F2" in flagged.reason and "HM" in flagged.reason and "0.40" in flagged.reason
+    assert flagged.triage_score == 1.0
+    # No lesion reported: still NONE, but an indeterminate finding keeps the patient at high risk.
+    nothing = decide([], 0.01, findings=[LesionCall(1, "FNH", 0.05, 0.5)])
+    assert (nothing.diagnosis, nothing.malignancy, nothing.risk) == (None, "no lesion", "high")
+    assert (
+        nothing.reason.startswith("no lesion is reported, but finding F1")
+        and "indeterminate" in nothing.reason
+    )
+    # Already high from a reported lesion: the reason stays the reported lesion's.
+    high = decide([LesionCall(1, "ICC", 0.9)], 0.01, findings=[LesionCall(1, "HM", 0.8, 0.5)])
+    assert high.reason.startswith("lesion 1") and high.finding_categories == {1: "malignant"}
+
+
+def test_finding_calls_read_own_probabilities_between_the_two_points() -> None:
+    own = [{"HCC": 0.45, "HM": 0.55}, {"HC": 0.99, "HH": 0.01}, {"HM": 1.0}, {"FNH": 1.0}]
+    context = PatientContext(weight=0.5)
+    shown = context.apply(np.array([[o.get(t, 0.0) for t in LESION_TYPES] for o in own]))
+    report = [
+        _report_lesion(n + 1, o, shown[n], s)
+        for n, (o, s) in enumerate(zip(own, (0.95, 0.7, 0.5, 0.2), strict=True))
+    ]
+    calls = finding_calls(report, 0.9, 0.4)
+    assert [c.lesion_id for c in calls] == [2, 3]  # reported (0.95) and below the point (0.2) left out
+    assert [c.lesion_type for c in calls] == ["HC", "HM"]  # own probabilities, no context
+    assert calls[0].malignant_probability == pytest.approx(0.0) and calls[1].malignant_probability == 1.0
+    assert [c.score for c in calls] == [0.7, 0.5]
+    assert finding_calls(report, 0.9, 0.9) == []
+
+
+def test_triage_detection_point_round_trips_and_is_checked(tmp_path: Path) -> None:
+    save_triage_settings(tmp_path, TriageSettings(0.05, "x", 0.99, {}, detection_threshold=0.42))
+    loaded = load_triage_settings(tmp_path, {})
+    assert (loaded.threshold, loaded.detection_threshold) == (0.05, 0.42)
+    assert "detection_threshold" not in TriageSettings(0.05, "x").to_dict()
+    assert load_triage_settings(tmp_path, {}, 0.3).detection_threshold is None  # a user threshold alone
+    (tmp_path / "triage.json").write_text('{"threshold": 0.05, "detection_threshold": 1.5}')
+    with pytest.raises(LiaidsError, match="triage detection threshold") as info:
+        load_triage_settings(tmp_path, {})
+    assert str(tmp_path / "triage.json") in str(info.value)
+
+
+def test_triage_detection_point_is_chosen_for_the_npv_with_most_patients_at_low_risk() -> None:
+    """Hand-built cohort: one malignant patient is seen only through a finding at 0.5."""
+
+    def lesion(lesion_id: int, winner: str, p: float, score: float) -> dict[str, Any]:
+        probabilities = {t: (p if t == winner else (1.0 - p) / 6) for t in LESION_TYPES}
+        return {"id": lesion_id, "probabilities": probabilities, "detection_score": score}
+
+    reports = [
+        [lesion(1, "HCC", 0.9, 0.95)],  # malignant, reported
+        [lesion(1, "HM", 0.9, 0.5)],  # malignant, below the reporting point
+        [lesion(1, "HH", 0.99, 0.6)],  # no malignant lesion; a benign-looking finding
+        [lesion(1, "HC", 0.99, 0.3)],
+    ]
+    truth = [True, True, False, False]
+    scan = triage_detection_scan(reports, truth, 0.9, PatientContext(weight=0.0))
+    rows = {row["triage_detection_threshold"]: row for row in scan}
+    assert list(rows) == [0.9, 0.6, 0.5, 0.3]
+    assert not rows[0.9]["target_met"] and not rows[0.6]["target_met"]  # patient 2 would be low risk
+    assert rows[0.5]["target_met"] and rows[0.5]["n_low_risk"] == 2 and rows[0.5]["npv"] == 1.0
+    assert rows[0.3]["n_low_risk"] == 2
+    chosen = triage_point_from_validation(scan, 4, cohort="hand")
+    assert chosen is not None and chosen.detection_threshold == 0.5  # tie: the higher point
+    # The chosen pair, applied as the pipeline does, sends exactly patients 3 and 4 home.
+    context = PatientContext(weight=0.0)
+    risks = [
+        decide(
+            calls_at_operating_point(r, 0.9, context),
+            chosen.threshold,
+            findings=finding_calls(r, 0.9, chosen.detection_threshold),
+        ).risk
+        for r in reports
+    ]
+    assert risks == ["high", "high", "low", "low"]
+    assert triage_point_from_validation(scan[:2], 4) is None

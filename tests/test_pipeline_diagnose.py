@@ -159,7 +159,7 @@ def test_dicom_and_nifti_give_the_same_lesions(runs: dict[str, Any]) -> None:
 
 def test_report_describes_the_run(runs: dict[str, Any], phantom: dict[str, Path], bundle: Path) -> None:
     report = runs["reports"]["dicom"]
-    assert report["schema"] == "liaids.diagnosis" and report["version"] == "2.1"
+    assert report["schema"] == "liaids.diagnosis" and report["version"] == "2.2"
     assert "Not for clinical use" in report["notice"]
     assert report["study"]["patient_id"] == "qzh_0000"
     assert report["study"]["phase_assignment"]["method"] == "tags+images"
@@ -453,6 +453,54 @@ def test_the_verifier_rescores_matched_lesions(
     (weights / "detector" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"verifier\.json is missing"):
         DiagnosisModels.load(weights)
+
+
+def test_the_triage_reads_findings_below_the_operating_point(
+    bundle: Path, phantom: dict[str, Path], runs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Candidates between the triage's detection point and the operating point are findings: read by the
+    triage (each on its own probabilities), listed in the report's triage, never reported as lesions."""
+    from liaids.classification.context import PatientContext
+    from liaids.pipeline.decision import LesionCall, calls_at_operating_point, decide, finding_calls
+
+    plain = runs["reports"]["nifti"]["lesions"]  # every candidate (the bundle has no operating point)
+    scores = sorted((les["detection_score"] for les in plain), reverse=True)
+    assert len(scores) >= 3 and scores[0] - scores[1] > 2e-4
+    # Between the report's rounded scores, so that rounding cannot move a candidate across a point.
+    operating, point = (scores[0] + scores[1]) / 2, scores[-1] - 1e-4
+    weights = _copy(bundle, tmp_path / "weights")
+    detector_config = json.loads((weights / "detector" / "config.json").read_text())
+    detector_config["operating_point"] = {"score": operating, "applies_to": "detector score"}
+    (weights / "detector" / "config.json").write_text(json.dumps(detector_config))
+    classifier_config = json.loads((weights / "classifier" / "config.json").read_text())
+    classifier_config["triage"]["detection_threshold"] = point
+    (weights / "classifier" / "config.json").write_text(json.dumps(classifier_config))
+    out = diagnose(
+        [phantom["nifti"] / f"image_{p}.nii.gz" for p in PHASES],
+        tmp_path / "out",
+        clinical=phantom["nifti"] / "case.json",
+        weights=weights,
+    )
+    report = json.loads((out / "report.json").read_text())
+    triage = report["triage"]
+    assert [les["detection_score"] for les in report["lesions"]] == [s for s in scores if s >= operating]
+    findings = triage["findings"]
+    assert [f["detection_score"] for f in findings] == [s for s in scores if point <= s < operating]
+    assert [f["id"] for f in findings] == [f"F{n}" for n in range(1, len(findings) + 1)]
+    assert triage["detection_threshold"] == point and "findings" in triage["rule"]
+    # What the pipeline read equals what the operating-point scan simulates from the every-candidate run.
+    simulated = finding_calls(plain, operating, point)
+    assert [(c.lesion_type, round(c.malignant_probability, 3)) for c in simulated] == [
+        (f["type"], round(f["malignant_probability"], 3)) for f in findings
+    ]
+    context = PatientContext(weight=0.0)
+    expected = decide(calls_at_operating_point(plain, operating, context), 0.3, findings=simulated)
+    assert triage["risk"] == expected.risk
+    assert [f["category"] for f in findings] == [expected.finding_categories[c.lesion_id] for c in simulated]
+    calls = [LesionCall(les["id"], les["type"], les["malignant_probability"]) for les in report["lesions"]]
+    assert report["diagnosis"]["diagnosis"] == decide(calls, 0.3).diagnosis  # findings never decide it
+    html = (out / "report.html").read_text()
+    assert "The triage also read" in html
 
 
 def _copy(src: Path, dst: Path) -> Path:

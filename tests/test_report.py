@@ -234,3 +234,38 @@ def test_html_without_lesions(diagnosis: Diagnosis) -> None:
     html = render_html(report, render_key_images(empty))
     assert report["lesions"] == [] and report["triage"]["risk"] == "low"
     assert "LOW RISK" in html and "No focal liver lesion detected" in html and "data:image" not in html
+
+
+def test_report_lists_the_triage_findings(diagnosis: Diagnosis) -> None:
+    """A finding below the reporting point makes a lesion-free patient high risk; the report says where."""
+    from liaids.pipeline.diagnose import TriageFinding
+
+    box = (10, 12, 1, 18, 20, 4)
+    match = MatchedLesion({p: box for p in PHASES}, {"NC": False, "ART": True, "PV": True}, {}, 0.47)
+    benign_match = replace(match, score=0.44)
+    calls = [LesionCall(1, "HM", 0.71, 0.47), LesionCall(2, "HC", 0.0001, 0.44)]
+    decision = decide([], 0.01, findings=calls)
+    findings = [
+        TriageFinding(1, match, _probabilities("HM", 0.71), calls[0], decision.finding_categories[1]),
+        TriageFinding(
+            2, benign_match, _probabilities("HC", 0.9999), calls[1], decision.finding_categories[2]
+        ),
+    ]
+    settings = TriageSettings(0.01, "triage.json", 0.99, {}, detection_threshold=0.4)
+    run = replace(diagnosis, lesions=[], decision=decision, triage=settings, triage_findings=findings)
+    report = build_report(run)
+    triage = report["triage"]
+    assert report["lesions"] == [] and report["diagnosis"]["diagnosis"] is None
+    assert triage["risk"] == "high" and "finding F1" in triage["reason"]
+    assert triage["detection_threshold"] == 0.4
+    assert [(f["id"], f["category"]) for f in triage["findings"]] == [("F1", "malignant"), ("F2", "benign")]
+    assert triage["findings"][0]["phases"]["ART"]["bbox_ijk"] == list(box)
+    assert triage["findings"][0]["found_in"] == ["ART", "PV"]
+    html = render_html(report, render_key_images(run))
+    assert "HIGH RISK" in html and "The triage also read 2 candidate(s)" in html
+    assert "1 of them are malignant or indeterminate" in html and "10 12 1 18 20 4 (ART)" in html
+    quiet = build_report(
+        replace(run, triage_findings=findings[1:], decision=decide([], 0.01, findings=calls[1:]))
+    )
+    assert quiet["triage"]["risk"] == "low"
+    assert "none is malignant or indeterminate" in render_html(quiet, {})

@@ -54,6 +54,7 @@ from liaids.pipeline.decision import (
     LesionCall,
     PatientDecision,
     TriageSettings,
+    call_from_own_probabilities,
     check_threshold,
     decide,
 )
@@ -185,7 +186,11 @@ def load_triage_settings(
         raise LiaidsError("triage settings need a 'threshold'", where)
     target = data.get("target_npv", DEFAULT_TARGET_NPV)
     details = data.get("details") if isinstance(data.get("details"), Mapping) else {}
-    return TriageSettings(check_threshold(data["threshold"], where), source, target, dict(details))
+    point = data.get("detection_threshold")
+    try:
+        return TriageSettings(check_threshold(data["threshold"], where), source, target, dict(details), point)
+    except LiaidsError as exc:
+        raise LiaidsError(exc.problem, where) from exc
 
 
 def save_triage_settings(
@@ -344,6 +349,25 @@ class LesionFinding:
         return self.phases[self.measured_in].volume_ml
 
 
+@dataclass(frozen=True)
+class TriageFinding:
+    """A candidate the report leaves out that the triage reads (see ``TriageSettings.detection_threshold``).
+
+    Attributes:
+        finding_id: 1..M by descending detection score (``F1``, ``F2``... in the reports).
+        match: its boxes and scores per phase.
+        probabilities: the classifier's seven probabilities from this candidate alone (no patient context).
+        call: its type and malignant probability.
+        category: ``malignant``, ``indeterminate`` or ``benign`` at the triage threshold.
+    """
+
+    finding_id: int
+    match: MatchedLesion
+    probabilities: dict[str, float]
+    call: LesionCall
+    category: str
+
+
 def lesion_instance_mask(
     labels: np.ndarray, boxes: Sequence[tuple[int, Sequence[int]]]
 ) -> tuple[np.ndarray, dict[int, str]]:
@@ -472,6 +496,8 @@ class Diagnosis:
         lesions: the matched, classified and measured lesions, ids 1..N by descending detection score.
         decision: patient diagnosis and triage.
         triage: the threshold used and its source.
+        triage_findings: candidates below the reporting point that the triage read (empty unless the
+            triage has its own detection point).
         models: role -> folder, checksum and profile of each model.
         timings: stage -> seconds.
         device: the device used.
@@ -490,6 +516,7 @@ class Diagnosis:
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
+    triage_findings: list[TriageFinding] = field(default_factory=list)
 
 
 def _measurement_phase(phases: Mapping[str, PhaseMeasurement]) -> str:
@@ -548,6 +575,10 @@ def run_diagnosis(
         detections[p] = models.detector.detect(study[p], livers[p])
     timings["detection"] = time.perf_counter() - t0
 
+    triage_point = models.triage.detection_threshold
+    reading_threshold = (
+        models.lesion_threshold if triage_point is None else min(triage_point, models.lesion_threshold)
+    )
     report("matching lesions across phases", 0.76)
     t0 = time.perf_counter()
     per_phase = {p: [PhaseBox(tuple(d.bbox_ijk), float(d.score)) for d in detections[p]] for p in PHASES}
@@ -557,9 +588,9 @@ def run_diagnosis(
         report("verifying lesions on the three phases", 0.78)
         t0 = time.perf_counter()
         verifier = models.verifier
-        # Below min_score the verified score is at most the detector's, so a lesion below both min_score
-        # and the operating point cannot reach the point: skip reading its features.
-        floor = min(verifier.min_score, models.lesion_threshold)
+        # Below min_score the verified score is at most the detector's, so a lesion below min_score and
+        # every point read (report, triage) cannot reach one: skip reading its features.
+        floor = min(verifier.min_score, reading_threshold)
         liver_hu = study_liver_hu(study.phases, livers)
         verified = [
             replace(m, score=verifier.score_lesion(study.phases, livers, m, liver_hu))
@@ -568,12 +599,23 @@ def run_diagnosis(
         ]
         matched = sorted(verified, key=lambda m: -m.score)
         timings["verification"] = time.perf_counter() - t0
-    # Candidates below the detector's operating point would turn most patients into false positives.
+    # Candidates below the detector's operating point would turn most patients into false positives; the
+    # triage may still read some of them (its findings), without reporting them as lesions.
+    below = [m for m in matched if reading_threshold <= m.score < models.lesion_threshold]
     matched = [m for m in matched if m.score >= models.lesion_threshold]
 
     report(f"classifying {len(matched)} lesion(s)", 0.8)
     t0 = time.perf_counter()
     predictions = models.classifier.classify(study, matched, clinical.info)
+    # A finding is judged on its own: the others around it are mostly not lesions.
+    finding_own = [
+        dict(pred.lesion_probabilities or pred.probabilities)
+        for pred in models.classifier.classify(study, below, clinical.info)
+    ]
+    finding_calls = [
+        call_from_own_probabilities(n, own, m.score)
+        for n, (m, own) in enumerate(zip(below, finding_own, strict=True), start=1)
+    ]
     timings["classification"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -591,7 +633,13 @@ def run_diagnosis(
         LesionCall(lid, pred.lesion_type, min(max(pred.malignant_probability, 0.0), 1.0), les.score)
         for lid, les, pred in zip(ids, matched, predictions, strict=True)
     ]
-    decision = decide(calls, models.triage.threshold, problems=warnings if no_liver else ())
+    decision = decide(
+        calls, models.triage.threshold, problems=warnings if no_liver else (), findings=finding_calls
+    )
+    triage_findings = [
+        TriageFinding(call.lesion_id, m, own, call, decision.finding_categories[call.lesion_id])
+        for m, own, call in zip(below, finding_own, finding_calls, strict=True)
+    ]
     for lid, les, pred in zip(ids, matched, predictions, strict=True):
         phases = {
             p: PhaseMeasurement(
@@ -622,6 +670,7 @@ def run_diagnosis(
         timings=timings,
         device=str(models.segmenter.device),
         warnings=warnings,
+        triage_findings=triage_findings,
     )
 
 

@@ -99,7 +99,44 @@ def _triage_section(report: Mapping[str, Any]) -> str:
         f'<div class="muted">Operating threshold {probability_text(float(triage["threshold"]))} '
         f"(source: {_e(triage['threshold_source'])}"
         + (f", chosen for NPV &ge; {_fmt(triage['target_npv'], 2)}" if triage.get("target_npv") else "")
-        + f"). {_e(triage['rule'][:1].upper() + triage['rule'][1:])}.</div></div></div>"
+        + f"). {_e(triage['rule'][:1].upper() + triage['rule'][1:])}.</div>"
+        + _findings_block(triage)
+        + "</div></div>"
+    )
+
+
+def _findings_block(triage: Mapping[str, Any]) -> str:
+    """The triage's findings that are not confidently benign: where to look, as the report omits them."""
+    point = triage.get("detection_threshold")
+    if point is None:
+        return ""
+    findings = triage.get("findings") or []
+    flagged = [f for f in findings if f["category"] != "benign"]
+    head = (
+        f'<div class="muted">The triage also read {len(findings)} candidate(s) below the reporting '
+        f"threshold with a detection score of at least {_fmt(point, 2)}; "
+    )
+    if not flagged:
+        return head + "none is malignant or indeterminate.</div>"
+    rows = []
+    for f in flagged:
+        phase = f["found_in"][0] if f["found_in"] else "PV"
+        box = " ".join(str(v) for v in f["phases"][phase]["bbox_ijk"])
+        rows.append(
+            f"<tr><td>{_e(f['id'])}</td><td>{_e(f['type'])}</td>"
+            f'<td><span class="tag {_e(f["category"])}">{_e(f["category"])}</span></td>'
+            f"<td>{probability_text(float(f['malignant_probability']))}</td>"
+            f"<td>{_fmt(f['detection_score'], 2)}</td><td>{_e(', '.join(f['found_in']))}</td>"
+            f"<td>{_e(box)} ({_e(phase)})</td></tr>"
+        )
+    return (
+        head
+        + f"{len(flagged)} of them are malignant or indeterminate (not reported as lesions; check them):"
+        + "</div>"
+        + "<table><tr><th>finding</th><th>type</th><th>category</th><th>malignant probability</th>"
+        + "<th>detection score</th><th>found in</th><th>box i0 j0 k0 i1 j1 k1</th></tr>"
+        + "".join(rows)
+        + "</table>"
     )
 
 

@@ -17,10 +17,10 @@ from liaids.codes import LESION_TYPE_NAMES, LESION_TYPES, PHASES, is_malignant
 from liaids.detection.predictor import NOT_FOR_CLINICAL_USE
 
 if TYPE_CHECKING:
-    from liaids.pipeline.diagnose import Diagnosis, LesionFinding
+    from liaids.pipeline.diagnose import Diagnosis, LesionFinding, TriageFinding
 
 SCHEMA = "liaids.diagnosis"
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 #: Lesion voxels of the instance masks, as written into report.json.
 LESION_MASK_RULE = (
     "voxels of the lesion's box labelled lesion (2) by the liver segmentation of that phase; the ellipsoid "
@@ -106,6 +106,23 @@ def _lesion_entry(finding: LesionFinding) -> dict[str, Any]:
     }
 
 
+def _finding_entry(finding: TriageFinding) -> dict[str, Any]:
+    call = finding.call
+    return {
+        "id": f"F{finding.finding_id}",
+        "type": call.lesion_type,
+        "category": finding.category,
+        "malignant_probability": _round(call.malignant_probability),
+        "probabilities": {t: _round(finding.probabilities[t]) for t in LESION_TYPES},
+        "detection_score": _round(finding.match.score),
+        "found_in": [p for p in PHASES if finding.match.found[p]],
+        "phases": {
+            p: {"bbox_ijk": [int(v) for v in finding.match.boxes[p]], "found": bool(finding.match.found[p])}
+            for p in PHASES
+        },
+    }
+
+
 def build_report(diagnosis: Diagnosis, timings: dict[str, float] | None = None) -> dict[str, Any]:
     """The report.json content of a run.
 
@@ -164,7 +181,15 @@ def build_report(diagnosis: Diagnosis, timings: dict[str, float] | None = None) 
             "rule": (
                 "low risk when no lesion, or every lesion is of a benign type with malignant probability "
                 "below the threshold; high risk otherwise"
+                + (
+                    "; the findings (candidates below the reporting threshold scoring at least the triage's "
+                    "detection threshold, each classified on its own) count as lesions here"
+                    if diagnosis.triage.detection_threshold is not None
+                    else ""
+                )
             ),
+            "detection_threshold": diagnosis.triage.detection_threshold,
+            "findings": [_finding_entry(f) for f in diagnosis.triage_findings],
         },
         "warnings": list(diagnosis.warnings),
         "timings_s": {k: round(float(v), 3) for k, v in (timings or diagnosis.timings).items()},
