@@ -17,7 +17,11 @@ lesions per patient.
 Run:
   .venv/bin/python benchmarks/compare_operating_points.py --data DATA --predictions OUT/predictions \\
       --baseline-threshold T0 --baseline-triage S0 [--baseline-verifier DIR] --verifier DIR \\
-      --candidate-threshold T1 --candidate-triage S1 [--out benchmarks/results/NAME.json]
+      --candidate-threshold T1 --candidate-triage S1 [--out benchmarks/results/NAME.json] \\
+      [--baseline-triage-detection D0] [--candidate-triage-detection D1]
+
+``--*-triage-detection``: the triage's own detection point (``benchmarks/operating_points.py
+--triage-detection``); the triage then also reads the candidates between it and the detection threshold.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from liaids.classification.context import PatientContext, load_patient_context
 from liaids.codes import MALIGNANT_TYPES
 from liaids.dataset import Dataset
 from liaids.evaluate.cohort import match_case, parse_report, read_truth
+from liaids.pipeline.decision import finding_calls, triage_score
 
 
 def measure(
@@ -45,12 +50,19 @@ def measure(
     triage_threshold: float,
     context: PatientContext,
     tight: float,
+    triage_detection: float | None = None,
 ) -> dict:
     """The figures of one setting (see the module docstring)."""
     calls = [predicted(r, threshold, triage_threshold, context) for r in reports]
     right = [c[0] == y for c, y in zip(calls, truths, strict=True)]
     binary = [(c[0] in MALIGNANT_TYPES) == (y in MALIGNANT_TYPES) for c, y in zip(calls, truths, strict=True)]
-    low = [c[1] < triage_threshold for c in calls]
+    scores = [c[1] for c in calls]
+    if triage_detection is not None:  # the triage's findings count too (decision.finding_calls)
+        scores = [
+            max(s, triage_score(finding_calls(r["lesions"], threshold, triage_detection)))
+            for s, r in zip(scores, reports, strict=True)
+        ]
+    low = [s < triage_threshold for s in scores]
     counts = {"small": 0, "small_tight": 0, "small_total": 0, "large": 0, "large_total": 0, "fp": 0}
     for case_id, report in zip(ds.case_ids, reports, strict=True):
         truth = read_truth(ds, case_id)
@@ -71,12 +83,18 @@ def measure(
     return {
         "detection_threshold": threshold,
         "triage_threshold": triage_threshold,
+        "triage_detection_threshold": triage_detection,
         "patients_right": int(sum(right)),
         "patient_accuracy": float(np.mean(right)),
         "patient_binary_accuracy": float(np.mean(binary)),
         "low_risk": int(sum(low)),
         "low_risk_malignant_patients": int(
             sum(lo and y in MALIGNANT_TYPES for lo, y in zip(low, truths, strict=True))
+        ),
+        "triage_npv": (
+            float(np.mean([y not in MALIGNANT_TYPES for lo, y in zip(low, truths, strict=True) if lo]))
+            if any(low)
+            else None
         ),
         "found_under_1cm": f"{counts['small']}/{counts['small_total']}",
         f"found_under_1cm_box_at_most_{tight:g}x": counts["small_tight"],
@@ -96,6 +114,8 @@ def main() -> None:
     ap.add_argument("--verifier", type=Path, required=True)
     ap.add_argument("--candidate-threshold", type=float, required=True)
     ap.add_argument("--candidate-triage", type=float, required=True)
+    ap.add_argument("--baseline-triage-detection", type=float, default=None)
+    ap.add_argument("--candidate-triage-detection", type=float, default=None)
     ap.add_argument("--tight", type=float, default=3.0)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -115,9 +135,25 @@ def main() -> None:
         "classifier": str(classifier),
         "baseline_verifier": baseline_verification,
         "verifier": verification,
-        "baseline": measure(ds, reports, truths, a.baseline_threshold, a.baseline_triage, context, a.tight),
+        "baseline": measure(
+            ds,
+            reports,
+            truths,
+            a.baseline_threshold,
+            a.baseline_triage,
+            context,
+            a.tight,
+            a.baseline_triage_detection,
+        ),
         "candidate": measure(
-            ds, verified, truths, a.candidate_threshold, a.candidate_triage, context, a.tight
+            ds,
+            verified,
+            truths,
+            a.candidate_threshold,
+            a.candidate_triage,
+            context,
+            a.tight,
+            a.candidate_triage_detection,
         ),
     }
     emit(result, a.out)

@@ -428,12 +428,7 @@ def test_the_verifier_rescores_matched_lesions(
     coef = tuple(1.0 if f == "score_logit" else 0.0 for f in FEATURES)
     # verified = sigmoid(logit(detector score) - 1): lower than the detector's, same order.
     LesionVerifier((0.0,) * n, (1.0,) * n, coef, -1.0, min_score=0.0).save(weights / "detector")
-    out = diagnose(
-        [phantom["nifti"] / f"image_{p}.nii.gz" for p in PHASES],
-        tmp_path / "out",
-        clinical=phantom["nifti"] / "case.json",
-        weights=weights,
-    )
+    out = _diagnose_nifti(phantom, weights, tmp_path / "out")
     report = json.loads((out / "report.json").read_text())
     assert report["models"]["detector"]["verifier"]["file"] == str(weights / "detector" / "verifier.json")
     assert "verification" in report["timings_s"]
@@ -475,12 +470,7 @@ def test_the_triage_reads_findings_below_the_operating_point(
     classifier_config = json.loads((weights / "classifier" / "config.json").read_text())
     classifier_config["triage"]["detection_threshold"] = point
     (weights / "classifier" / "config.json").write_text(json.dumps(classifier_config))
-    out = diagnose(
-        [phantom["nifti"] / f"image_{p}.nii.gz" for p in PHASES],
-        tmp_path / "out",
-        clinical=phantom["nifti"] / "case.json",
-        weights=weights,
-    )
+    out = _diagnose_nifti(phantom, weights, tmp_path / "out")
     report = json.loads((out / "report.json").read_text())
     triage = report["triage"]
     assert [les["detection_score"] for les in report["lesions"]] == [s for s in scores if s >= operating]
@@ -501,6 +491,16 @@ def test_the_triage_reads_findings_below_the_operating_point(
     assert report["diagnosis"]["diagnosis"] == decide(calls, 0.3).diagnosis  # findings never decide it
     html = (out / "report.html").read_text()
     assert "The triage also read" in html
+
+
+def _diagnose_nifti(phantom: dict[str, Path], weights: Path, out: Path) -> Path:
+    """The phantom study's three NIfTI files diagnosed with these weights, clinical fields from case.json."""
+    return diagnose(
+        [phantom["nifti"] / f"image_{p}.nii.gz" for p in PHASES],
+        out,
+        clinical=phantom["nifti"] / "case.json",
+        weights=weights,
+    )
 
 
 def _copy(src: Path, dst: Path) -> Path:

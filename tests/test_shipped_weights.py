@@ -73,6 +73,8 @@ def test_operating_points_were_chosen_on_validation_cases() -> None:
     assert "val" in detector["operating_point"]["chosen_on"]
     triage = json.loads((builtin_model_dir("classifier_small") / "triage.json").read_text())
     assert 0.0 < triage["threshold"] <= 1.0 and triage["target_npv"] == 0.99
+    # The triage reads candidates below the report's point, never fewer than the report.
+    assert 0.0 <= triage["detection_threshold"] < detector["operating_point"]["score"]
 
 
 @pytest.mark.parametrize("name", ["detector_cswin3d_small", "detector_cnn2d_small"])

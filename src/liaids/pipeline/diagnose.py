@@ -601,7 +601,9 @@ def run_diagnosis(
         timings["verification"] = time.perf_counter() - t0
     # Candidates below the detector's operating point would turn most patients into false positives; the
     # triage may still read some of them (its findings), without reporting them as lesions.
-    below = [m for m in matched if reading_threshold <= m.score < models.lesion_threshold]
+    below = sorted(
+        (m for m in matched if reading_threshold <= m.score < models.lesion_threshold), key=lambda m: -m.score
+    )
     matched = [m for m in matched if m.score >= models.lesion_threshold]
 
     report(f"classifying {len(matched)} lesion(s)", 0.8)
