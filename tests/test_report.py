@@ -26,7 +26,7 @@ from liaids.pipeline.diagnose import (
 )
 from liaids.pipeline.inputs import StudyInput, parse_clinical_options, resolve_clinical
 from liaids.report import SCHEMA, SCHEMA_VERSION, build_report, encode_png, render_html, write_report_folder
-from liaids.report.key_images import COLOURS, render_key_images
+from liaids.report.key_images import COLOURS, render_finding_images, render_key_images
 from liaids.types import Study, Volume
 
 
@@ -168,6 +168,10 @@ def test_report_json_content(diagnosis: Diagnosis) -> None:
     assert "lesions_PV.nii.gz" in text and report["lesion_masks"]["rule"].startswith("voxels of the lesion")
 
 
+def _has(img: np.ndarray, colour: tuple[int, int, int]) -> bool:
+    return bool((img == np.array(colour, np.uint8)).all(axis=2).any())
+
+
 def test_key_images_show_the_contours(diagnosis: Diagnosis) -> None:
     images = render_key_images(diagnosis)
     assert sorted(images) == [1, 2] and all(sorted(v) == sorted(PHASES) for v in images.values())
@@ -175,13 +179,10 @@ def test_key_images_show_the_contours(diagnosis: Diagnosis) -> None:
     pv = decode_png(images[1]["PV"])
     assert nc.shape == (200, 200, 3)
 
-    def has(img: np.ndarray, colour: tuple[int, int, int]) -> bool:
-        return bool((img == np.array(colour, np.uint8)).all(axis=2).any())
-
     # Lesion 1 was transferred into NC (cyan) and found in PV (amber); lesion 2 is nearby (magenta).
-    assert has(nc, COLOURS["transferred"]) and not has(nc, COLOURS["found"])
-    assert has(pv, COLOURS["found"]) and has(pv, COLOURS["liver"])
-    assert has(pv, COLOURS["other"])
+    assert _has(nc, COLOURS["transferred"]) and not _has(nc, COLOURS["found"])
+    assert _has(pv, COLOURS["found"]) and _has(pv, COLOURS["liver"])
+    assert _has(pv, COLOURS["other"])
 
 
 def test_report_folder_and_offline_html(diagnosis: Diagnosis, tmp_path: Path) -> None:
@@ -261,9 +262,18 @@ def test_report_lists_the_triage_findings(diagnosis: Diagnosis) -> None:
     assert [(f["id"], f["category"]) for f in triage["findings"]] == [("F1", "malignant"), ("F2", "benign")]
     assert triage["findings"][0]["phases"]["ART"]["bbox_ijk"] == list(box)
     assert triage["findings"][0]["found_in"] == ["ART", "PV"]
-    html = render_html(report, render_key_images(run))
+    # Key images for the flagged finding only: its box in amber where detected, cyan where transferred.
+    finding_images = render_finding_images(run)
+    assert sorted(finding_images) == [1] and sorted(finding_images[1]) == sorted(PHASES)
+    nc, art = decode_png(finding_images[1]["NC"]), decode_png(finding_images[1]["ART"])
+    assert _has(nc, COLOURS["transferred"]) and not _has(nc, COLOURS["found"])
+    assert _has(art, COLOURS["found"]) and not _has(art, COLOURS["transferred"])
+    html = render_html(report, render_key_images(run), finding_images)
     assert "HIGH RISK" in html and "The triage also read 2 candidate(s)" in html
     assert "1 of them are malignant or indeterminate" in html and "10 12 1 18 20 4 (ART)" in html
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 3
+    assert 'alt="finding F1, ART phase"' in html and "finding F2" not in html
+    assert "data:image" not in render_html(report, {})  # without images the table stays
     quiet = build_report(
         replace(run, triage_findings=findings[1:], decision=decide([], 0.01, findings=calls[1:]))
     )

@@ -11,7 +11,7 @@ import numpy as np
 from liaids.codes import PHASES
 from liaids.report.html_report import render_html
 from liaids.report.json_report import SCHEMA, SCHEMA_VERSION, build_report, output_files, write_report_json
-from liaids.report.key_images import encode_png, render_key_images
+from liaids.report.key_images import encode_png, render_finding_images, render_key_images
 
 if TYPE_CHECKING:
     from liaids.pipeline.diagnose import Diagnosis
@@ -22,6 +22,7 @@ __all__ = [
     "build_report",
     "encode_png",
     "output_files",
+    "render_finding_images",
     "render_html",
     "render_key_images",
     "write_report_folder",
@@ -53,11 +54,12 @@ def write_report_folder(diagnosis: Diagnosis, folder: str | Path, started: float
         write_nifti(liver.with_array((liver.array > 0).astype(np.uint8)), folder / names["liver"][p])
         write_nifti(diagnosis.instances[p], folder / names["lesions"][p])
     images = render_key_images(diagnosis)
+    finding_images = render_finding_images(diagnosis)
     timings = dict(diagnosis.timings)
     timings["outputs"] = time.perf_counter() - t0
     if started is not None:
         timings["total"] = time.perf_counter() - started
     report = build_report(diagnosis, timings)
     path = write_report_json(report, folder / names["report_json"])
-    (folder / names["report_html"]).write_text(render_html(report, images), encoding="utf-8")
+    (folder / names["report_html"]).write_text(render_html(report, images, finding_images), encoding="utf-8")
     return path

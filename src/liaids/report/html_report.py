@@ -80,7 +80,7 @@ def _bars(probabilities: Mapping[str, float]) -> str:
     return "".join(rows)
 
 
-def _triage_section(report: Mapping[str, Any]) -> str:
+def _triage_section(report: Mapping[str, Any], finding_images: Mapping[int, Mapping[str, bytes]]) -> str:
     triage, dx = report["triage"], report["diagnosis"]
     risk = triage["risk"]
     if dx["diagnosis"]:
@@ -100,12 +100,12 @@ def _triage_section(report: Mapping[str, Any]) -> str:
         f"(source: {_e(triage['threshold_source'])}"
         + (f", chosen for NPV &ge; {_fmt(triage['target_npv'], 2)}" if triage.get("target_npv") else "")
         + f"). {_e(triage['rule'][:1].upper() + triage['rule'][1:])}.</div>"
-        + _findings_block(triage)
         + "</div></div>"
+        + _findings_block(triage, finding_images)
     )
 
 
-def _findings_block(triage: Mapping[str, Any]) -> str:
+def _findings_block(triage: Mapping[str, Any], images: Mapping[int, Mapping[str, bytes]]) -> str:
     """The triage's findings that are not confidently benign: where to look, as the report omits them."""
     point = triage.get("detection_threshold")
     if point is None:
@@ -113,11 +113,11 @@ def _findings_block(triage: Mapping[str, Any]) -> str:
     findings = triage.get("findings") or []
     flagged = [f for f in findings if f["category"] != "benign"]
     head = (
-        f'<div class="muted">The triage also read {len(findings)} candidate(s) below the reporting '
-        f"threshold with a detection score of at least {_fmt(point, 2)}; "
+        f'<div class="card"><div class="muted">The triage also read {len(findings)} candidate(s) below the '
+        f"reporting threshold with a detection score of at least {_fmt(point, 2)}; "
     )
     if not flagged:
-        return head + "none is malignant or indeterminate.</div>"
+        return head + "none is malignant or indeterminate.</div></div>"
     rows = []
     for f in flagged:
         phase = f["found_in"][0] if f["found_in"] else "PV"
@@ -129,6 +129,7 @@ def _findings_block(triage: Mapping[str, Any]) -> str:
             f"<td>{_fmt(f['detection_score'], 2)}</td><td>{_e(', '.join(f['found_in']))}</td>"
             f"<td>{_e(box)} ({_e(phase)})</td></tr>"
         )
+    views = "".join(_finding_views(f, images.get(int(str(f["id"]).lstrip("F")))) for f in flagged)
     return (
         head
         + f"{len(flagged)} of them are malignant or indeterminate (not reported as lesions; check them):"
@@ -137,6 +138,32 @@ def _findings_block(triage: Mapping[str, Any]) -> str:
         + "<th>detection score</th><th>found in</th><th>box i0 j0 k0 i1 j1 k1</th></tr>"
         + "".join(rows)
         + "</table>"
+        + (
+            '<p class="muted">Key images: the finding\'s box (it is not segmented) in amber where it was '
+            "detected, in cyan where transferred; reported lesions in magenta, the liver in green.</p>"
+            + views
+            if views
+            else ""
+        )
+        + "</div>"
+    )
+
+
+def _finding_views(finding: Mapping[str, Any], images: Mapping[str, bytes] | None) -> str:
+    if not images:
+        return ""
+    captions = phase_captions({p: finding["phases"][p]["found"] for p in PHASES})
+    fid = finding["id"]
+    figures = "".join(
+        f"<figure>{_img(images[p], f'finding {fid}, {p} phase')}"
+        f"<figcaption>{_e(captions[p])}</figcaption></figure>"
+        for p in PHASES
+        if p in images
+    )
+    return (
+        f'<div id="finding-{_e(fid)}"><h3>Finding {_e(fid)}: {_e(finding["type"])} '
+        f'<span class="tag {_e(finding["category"])}">{_e(finding["category"])}</span></h3>'
+        f'<div class="views">{figures}</div></div>'
     )
 
 
@@ -280,12 +307,18 @@ def _footer(report: Mapping[str, Any]) -> str:
     )
 
 
-def render_html(report: Mapping[str, Any], key_images: Mapping[int, Mapping[str, bytes]]) -> str:
+def render_html(
+    report: Mapping[str, Any],
+    key_images: Mapping[int, Mapping[str, bytes]],
+    finding_images: Mapping[int, Mapping[str, bytes]] | None = None,
+) -> str:
     """The report page.
 
     Args:
         report: report.json content (:func:`liaids.report.json_report.build_report`).
         key_images: lesion id -> phase -> PNG bytes (:func:`liaids.report.key_images.render_key_images`).
+        finding_images: triage finding id (1 for ``F1``) -> phase -> PNG bytes
+            (:func:`liaids.report.key_images.render_finding_images`); none: the findings without images.
 
     Returns:
         The HTML document.
@@ -303,7 +336,7 @@ def render_html(report: Mapping[str, Any], key_images: Mapping[int, Mapping[str,
         f'<div class="muted">Patient {_e(study.get("patient_id") or "n/a")} &middot; case '
         f"{_e(study.get('case_id') or 'n/a')} &middot; study {_e(study.get('study_uid') or 'n/a')} &middot; "
         f"{_e(report['input']['kind'])} input {_e(report['input']['path'])}</div>"
-        f"<h2>Triage</h2>{_triage_section(report)}"
+        f"<h2>Triage</h2>{_triage_section(report, finding_images or {})}"
         f"<h2>Lesions ({len(lesions)})</h2>{_summary_table(lesions)}"
         + (_legend() + cards if lesions else "")
         + f"<h2>Clinical information</h2>{_clinical_section(report)}"

@@ -9,6 +9,9 @@ pixels. Window: level 40, width 400 HU (abdominal soft tissue).
 Contours: the lesion in amber where it was detected in that phase, in cyan where its box was transferred
 from the other phases; other lesions in magenta; the liver in green. Images are PNG bytes, written by a
 small built-in encoder (no imaging library needed).
+
+The triage's flagged findings (candidates below the reporting threshold, not segmented) get the same three
+views through the middle slice of their box, with the box drawn instead of a contour.
 """
 
 from __future__ import annotations
@@ -88,6 +91,44 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=1)
 
 
+def _panel(
+    canonical_ct: Volume,
+    canonical_instances: np.ndarray,
+    canonical_liver: np.ndarray,
+    k: int,
+    centre_ji: tuple[float, float],
+    fov_mm: float,
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The windowed axial slice ``k`` around a centre, with the liver's contour drawn.
+
+    Returns:
+        The RGB panel, the lesion instances sampled on it, and the canonical row (j) and column (i)
+        coordinate of each panel row and column.
+    """
+    si, sj, _ = canonical_ct.spacing
+    offsets = (np.arange(PANEL_PX) + 0.5) / PANEL_PX * fov_mm - fov_mm / 2.0
+    rows = centre_ji[0] + offsets / sj
+    cols = centre_ji[1] + offsets / si
+    grid = np.meshgrid(rows, cols, indexing="ij")
+    ct = ndimage.map_coordinates(canonical_ct.array[k].astype(np.float32), grid, order=1, cval=-1000.0)
+    instances, liver = (
+        ndimage.map_coordinates(a[k].astype(np.int32), grid, order=0, cval=0)
+        for a in (canonical_instances, canonical_liver)
+    )
+    lo, hi = WINDOW_HU
+    grey = (np.clip((ct - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    rgb[_outline(liver > 0)] = COLOURS["liver"]
+    return rgb, instances, (rows, cols)
+
+
+def _box_centre_slice(box: np.ndarray, n_k: int) -> tuple[int, tuple[float, float]]:
+    """The middle slice of a canonical box and its in-plane centre ``(j, i)``."""
+    i0, j0, k0, i1, j1, k1 = box
+    k = int(np.clip((k0 + k1 - 1) // 2, 0, n_k - 1))
+    return k, ((j0 + j1 - 1) / 2.0, (i0 + i1 - 1) / 2.0)
+
+
 def lesion_view(
     canonical_ct: Volume,
     canonical_instances: np.ndarray,
@@ -111,35 +152,74 @@ def lesion_view(
     Returns:
         ``(PANEL_PX, PANEL_PX, 3)`` uint8 RGB.
     """
-    n_k = canonical_ct.shape[0]
-    si, sj, _ = canonical_ct.spacing
     mask = canonical_instances == lesion_id
     per_slice = mask.sum(axis=(1, 2))
     if per_slice.any():
         k = int(np.argmax(per_slice))
         jj, ii = np.nonzero(mask[k])
-        cj, ci = float(jj.mean()), float(ii.mean())
+        centre = (float(jj.mean()), float(ii.mean()))
     else:
-        i0, j0, k0, i1, j1, k1 = fallback_box
-        k = int(np.clip((k0 + k1 - 1) // 2, 0, n_k - 1))
-        cj, ci = (j0 + j1 - 1) / 2.0, (i0 + i1 - 1) / 2.0
-    offsets = (np.arange(PANEL_PX) + 0.5) / PANEL_PX * fov_mm - fov_mm / 2.0
-    rows = cj + offsets / sj
-    cols = ci + offsets / si
-    grid = np.meshgrid(rows, cols, indexing="ij")
-    ct = ndimage.map_coordinates(canonical_ct.array[k].astype(np.float32), grid, order=1, cval=-1000.0)
-    near = [
-        ndimage.map_coordinates(a[k].astype(np.int32), grid, order=0, cval=0)
-        for a in (canonical_instances, canonical_liver)
-    ]
-    instances, liver = near
-    lo, hi = WINDOW_HU
-    grey = (np.clip((ct - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
-    rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    rgb[_outline(liver > 0)] = COLOURS["liver"]
+        k, centre = _box_centre_slice(fallback_box, canonical_ct.shape[0])
+    rgb, instances, _ = _panel(canonical_ct, canonical_instances, canonical_liver, k, centre, fov_mm)
     rgb[_outline((instances > 0) & (instances != lesion_id))] = COLOURS["other"]
     rgb[_outline(instances == lesion_id)] = COLOURS["found" if found else "transferred"]
     return rgb
+
+
+def finding_view(
+    canonical_ct: Volume,
+    canonical_instances: np.ndarray,
+    canonical_liver: np.ndarray,
+    box: np.ndarray,
+    fov_mm: float,
+    found: bool,
+) -> np.ndarray:
+    """One key image of a triage finding: the axial slice through the middle of its box, box outlined.
+
+    A finding is not segmented (it is not reported as a lesion), so its box is drawn instead of a contour.
+
+    Args:
+        canonical_ct: the phase's CT, canonical orientation.
+        canonical_instances: the phase's lesion instance mask (the reported lesions), canonical.
+        canonical_liver: its liver mask (boolean), canonical.
+        box: the finding's canonical box ``(i0, j0, k0, i1, j1, k1)``.
+        fov_mm: side of the square field of view.
+        found: detected in this phase (amber box) or transferred (cyan).
+
+    Returns:
+        ``(PANEL_PX, PANEL_PX, 3)`` uint8 RGB.
+    """
+    k, centre = _box_centre_slice(box, canonical_ct.shape[0])
+    rgb, instances, (rows, cols) = _panel(
+        canonical_ct, canonical_instances, canonical_liver, k, centre, fov_mm
+    )
+    rgb[_outline(instances > 0)] = COLOURS["other"]
+    # Voxel j spans [j - 0.5, j + 0.5), so the half-open box spans [j0 - 0.5, j1 - 0.5).
+    inside_rows = (rows >= box[1] - 0.5) & (rows < box[4] - 0.5)
+    inside_cols = (cols >= box[0] - 0.5) & (cols < box[3] - 0.5)
+    rgb[_outline(np.outer(inside_rows, inside_cols))] = COLOURS["found" if found else "transferred"]
+    return rgb
+
+
+def _canonical_phases(diagnosis: Diagnosis) -> dict[str, tuple[Volume, np.ndarray, np.ndarray]]:
+    """Phase -> its CT, lesion instance mask and liver mask, in canonical orientation."""
+    study = diagnosis.input.study
+    canonical: dict[str, tuple[Volume, np.ndarray, np.ndarray]] = {}
+    for p in PHASES:
+        ct = study[p].to_canonical()
+        instances = study[p].with_array(diagnosis.instances[p].array).to_canonical().array
+        liver = study[p].with_array(diagnosis.livers[p].array > 0).to_canonical().array
+        canonical[p] = (ct, instances, liver)
+    return canonical
+
+
+def _field_of_view(boxes: Mapping[str, np.ndarray], canonical: Mapping[str, tuple[Volume, ...]]) -> float:
+    """Side in mm of the square field of view shared by the three phases' views of one lesion."""
+    extents = [
+        max((b[3] - b[0]) * canonical[p][0].spacing[0], (b[4] - b[1]) * canonical[p][0].spacing[1])
+        for p, b in boxes.items()
+    ]
+    return max(MIN_FOV_MM, FOV_SCALE * max(extents))
 
 
 def render_key_images(diagnosis: Diagnosis) -> dict[int, dict[str, bytes]]:
@@ -154,25 +234,38 @@ def render_key_images(diagnosis: Diagnosis) -> dict[int, dict[str, bytes]]:
     if not diagnosis.lesions:
         return {}
     study = diagnosis.input.study
-    canonical: dict[str, tuple[Volume, np.ndarray, np.ndarray]] = {}
-    for p in PHASES:
-        ct = study[p].to_canonical()
-        instances = study[p].with_array(diagnosis.instances[p].array).to_canonical().array
-        liver = study[p].with_array(diagnosis.livers[p].array > 0).to_canonical().array
-        canonical[p] = (ct, instances, liver)
+    canonical = _canonical_phases(diagnosis)
     out: dict[int, dict[str, bytes]] = {}
-    for finding in diagnosis.lesions:
-        boxes = {p: _canonical_box(study[p], canonical[p][0], finding.phases[p].bbox_ijk) for p in PHASES}
-        extents = [
-            max((b[3] - b[0]) * canonical[p][0].spacing[0], (b[4] - b[1]) * canonical[p][0].spacing[1])
-            for p, b in boxes.items()
-        ]
-        fov = max(MIN_FOV_MM, FOV_SCALE * max(extents))
-        out[finding.lesion_id] = {
-            p: encode_png(
-                lesion_view(*canonical[p], finding.lesion_id, boxes[p], fov, finding.phases[p].found)
-            )
+    for lesion in diagnosis.lesions:
+        boxes = {p: _canonical_box(study[p], canonical[p][0], lesion.phases[p].bbox_ijk) for p in PHASES}
+        fov = _field_of_view(boxes, canonical)
+        out[lesion.lesion_id] = {
+            p: encode_png(lesion_view(*canonical[p], lesion.lesion_id, boxes[p], fov, lesion.phases[p].found))
             for p in PHASES
+        }
+    return out
+
+
+def render_finding_images(diagnosis: Diagnosis) -> dict[int, dict[str, bytes]]:
+    """Key images of the triage findings that are malignant or indeterminate (the ones report.html lists).
+
+    Args:
+        diagnosis: the run's result.
+
+    Returns:
+        Finding id (1 for ``F1``...) -> phase -> PNG bytes.
+    """
+    flagged = [f for f in diagnosis.triage_findings if f.category != "benign"]
+    if not flagged:
+        return {}
+    study = diagnosis.input.study
+    canonical = _canonical_phases(diagnosis)
+    out: dict[int, dict[str, bytes]] = {}
+    for finding in flagged:
+        boxes = {p: _canonical_box(study[p], canonical[p][0], finding.match.boxes[p]) for p in PHASES}
+        fov = _field_of_view(boxes, canonical)
+        out[finding.finding_id] = {
+            p: encode_png(finding_view(*canonical[p], boxes[p], fov, finding.match.found[p])) for p in PHASES
         }
     return out
 
