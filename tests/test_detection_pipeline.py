@@ -55,6 +55,21 @@ def test_unknown_lesion_sampling_is_refused(phantom: Path, tmp_path: Path) -> No
         train_detection(phantom, tmp_path / "run", "cnn2d", "small", epochs=1, lesion_sampling="voxel")
 
 
+def test_anchor_scales_override_is_recorded_and_loaded(
+    phantom: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    train_detection(
+        phantom, out, "cnn2d", "small", epochs=1, steps_per_epoch=1, val_every=0, seed=4,
+        anchor_scales=[1, 2, 3], cache=tiny_model / "cache",
+    )  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["network"]["anchor_scales"] == [1.0, 2.0, 3.0]
+    network = LesionDetector.load(out, candidate_filter=False).network
+    assert network.rpn.head.cls_logits.out_channels == 3 * 3  # three sizes x three ratios per position
+    with pytest.raises(LiaidsError, match="anchor scales must be positive"):
+        train_detection(phantom, tmp_path / "bad", "cnn2d", "small", epochs=1, anchor_scales=[1, 0])
+
+
 def test_lesion_sampling_weighs_every_lesion_alike(tmp_path: Path) -> None:
     """A 30-slice lesion and a 2-slice one: slice sampling centres ~30/32 of the slabs on the large one,
     lesion sampling half on each."""

@@ -323,6 +323,18 @@ def _print_lesion_table(report_path: Path) -> None:
     print(report.get("notice", ""))
 
 
+def _number_list(text: str | None, option: str) -> list[float] | None:
+    """A comma-separated list of numbers from the command line (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"expected numbers separated by commas, got {text!r}", param_hint=option
+        ) from exc
+
+
 def _run_with_progress(
     job: Callable[[Callable[[str, float], None]], object], label: str = "training"
 ) -> None:
@@ -352,6 +364,13 @@ def train_detect(
             help="Lesion-centred slabs: slice (uniform over lesion slices) or lesion (uniform over lesions)."
         ),
     ] = None,
+    anchor_scales: Annotated[
+        str | None,
+        typer.Option(
+            help="Anchor sizes as multiples of each level's stride, comma-separated (paper: 1,3); "
+            "the same again with --resume."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     splits_file: Annotated[
@@ -377,6 +396,7 @@ def train_detect(
             steps_per_epoch=steps,
             val_every=val_every,
             lesion_sampling=lesion_sampling,
+            anchor_scales=_number_list(anchor_scales, "--anchor-scales"),
             seed=seed,
             resume=resume,
             splits_file=splits_file,

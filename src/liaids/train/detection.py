@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -295,6 +295,7 @@ def train_detection(
     steps_per_epoch: int | None = None,
     val_every: int | None = None,
     lesion_sampling: str | None = None,
+    anchor_scales: Sequence[float] | None = None,
     seed: int = 0,
     resume: bool = False,
     max_cases: int | None = None,
@@ -315,6 +316,8 @@ def train_detection(
         val_every: override the profile's validation interval in epochs (0: only at the end).
         lesion_sampling: override the profile's draw of lesion-centred slabs (``slice`` or ``lesion``, see
             :class:`TrainConfig`).
+        anchor_scales: override the anchor sizes, as multiples of each pyramid level's stride (the
+            paper's: 1 and 3); pass the same on ``resume``.
         seed: seeds the split, sampling, augmentation and initialisation.
         resume: continue from ``out/last.pt``.
         max_cases: use only the first N cases (quick runs).
@@ -345,6 +348,11 @@ def train_detection(
             f"unknown lesion sampling {cfg.lesion_sampling!r}; expected one of {', '.join(LESION_SAMPLING)}"
         )
     det_cfg, plan = detector_profile(backbone, profile), PLANS[profile]
+    if anchor_scales is not None:
+        scales = tuple(float(v) for v in anchor_scales)
+        if not scales or any(not (math.isfinite(v) and v > 0) for v in scales):
+            raise LiaidsError(f"anchor scales must be positive numbers, got {list(anchor_scales)}")
+        det_cfg = replace(det_cfg, anchor_scales=scales)
     merge = MergeSettings()
     out = prepare_output(out, resume, reusable=("cache",))
     cache_dir = Path(cache) if cache is not None else out / "cache"
