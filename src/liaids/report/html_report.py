@@ -149,17 +149,25 @@ def _findings_block(triage: Mapping[str, Any], images: Mapping[int, Mapping[str,
     )
 
 
-def _finding_views(finding: Mapping[str, Any], images: Mapping[str, bytes] | None) -> str:
+def _phase_figures(
+    phases: Mapping[str, Mapping[str, Any]], images: Mapping[str, bytes] | None, what: str
+) -> str:
+    """The key images of one lesion or finding in NC, ART and PV, each captioned detected or transferred."""
     if not images:
         return ""
-    captions = phase_captions({p: finding["phases"][p]["found"] for p in PHASES})
-    fid = finding["id"]
-    figures = "".join(
-        f"<figure>{_img(images[p], f'finding {fid}, {p} phase')}"
-        f"<figcaption>{_e(captions[p])}</figcaption></figure>"
+    captions = phase_captions({p: phases[p]["found"] for p in PHASES})
+    return "".join(
+        f"<figure>{_img(images[p], f'{what}, {p} phase')}<figcaption>{_e(captions[p])}</figcaption></figure>"
         for p in PHASES
         if p in images
     )
+
+
+def _finding_views(finding: Mapping[str, Any], images: Mapping[str, bytes] | None) -> str:
+    if not images:
+        return ""
+    fid = finding["id"]
+    figures = _phase_figures(finding["phases"], images, f"finding {fid}")
     return (
         f'<div id="finding-{_e(fid)}"><h3>Finding {_e(fid)}: {_e(finding["type"])} '
         f'<span class="tag {_e(finding["category"])}">{_e(finding["category"])}</span></h3>'
@@ -225,14 +233,7 @@ def _context_note(lesion: Mapping[str, Any]) -> str:
 
 
 def _lesion_card(lesion: Mapping[str, Any], images: Mapping[str, bytes] | None) -> str:
-    captions = phase_captions({p: lesion["phases"][p]["found"] for p in PHASES})
-    lid = lesion["id"]
-    views = "".join(
-        f"<figure>{_img(images[p], f'lesion {lid}, {p} phase')}"
-        f"<figcaption>{_e(captions[p])}</figcaption></figure>"
-        for p in PHASES
-        if images and p in images
-    )
+    views = _phase_figures(lesion["phases"], images, f"lesion {lesion['id']}")
     detail_rows = "".join(
         f"<tr><td>{p}</td><td>{'detected' if m['found'] else 'transferred'}</td>"
         f"<td>{_fmt(m['detection_score'], 2)}</td><td>{_e(m['bbox_ijk'])}</td><td>{_e(m['mask'])}</td>"
