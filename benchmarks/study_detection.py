@@ -46,10 +46,8 @@ def main() -> None:
     if threshold is None and a.verifier is not None and (a.verifier / "config.json").is_file():
         point = json.loads((a.verifier / "config.json").read_text()).get("operating_point") or {}
         threshold = point.get("score")
-    scans = [
-        match_case(read_truth(ds, c), parse_report(r, c)).scan
-        for c, r in zip(ds.case_ids, reports, strict=True)
-    ]
+    cases = [(read_truth(ds, c), parse_report(r, c)) for c, r in zip(ds.case_ids, reports, strict=True)]
+    scans = [match_case(truth, prediction).scan for truth, prediction in cases]
     result = {
         "data": str(a.data),
         "predictions": str(a.predictions),
@@ -64,10 +62,7 @@ def main() -> None:
         "froc": {name: curve.as_dict() for name, curve in froc(scans).items()},
     }
     if threshold is not None:
-        kept = [
-            match_case(read_truth(ds, c), parse_report(r, c), score_threshold=threshold).scan
-            for c, r in zip(ds.case_ids, reports, strict=True)
-        ]
+        kept = [match_case(truth, prediction, score_threshold=threshold).scan for truth, prediction in cases]
         outcomes = [d.outcome for s in kept for d in s.detections]
         result["operating_point"] = {
             "threshold": threshold,

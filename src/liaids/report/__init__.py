@@ -11,7 +11,12 @@ import numpy as np
 from liaids.codes import PHASES
 from liaids.report.html_report import render_html
 from liaids.report.json_report import SCHEMA, SCHEMA_VERSION, build_report, output_files, write_report_json
-from liaids.report.key_images import encode_png, render_finding_images, render_key_images
+from liaids.report.key_images import (
+    encode_png,
+    render_finding_images,
+    render_key_images,
+    render_report_images,
+)
 
 if TYPE_CHECKING:
     from liaids.pipeline.diagnose import Diagnosis
@@ -25,6 +30,7 @@ __all__ = [
     "render_finding_images",
     "render_html",
     "render_key_images",
+    "render_report_images",
     "write_report_folder",
     "write_report_json",
 ]
@@ -53,8 +59,7 @@ def write_report_folder(diagnosis: Diagnosis, folder: str | Path, started: float
         liver = diagnosis.livers[p]
         write_nifti(liver.with_array((liver.array > 0).astype(np.uint8)), folder / names["liver"][p])
         write_nifti(diagnosis.instances[p], folder / names["lesions"][p])
-    images = render_key_images(diagnosis)
-    finding_images = render_finding_images(diagnosis)
+    images, finding_images = render_report_images(diagnosis)
     timings = dict(diagnosis.timings)
     timings["outputs"] = time.perf_counter() - t0
     if started is not None:

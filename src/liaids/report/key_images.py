@@ -231,19 +231,7 @@ def render_key_images(diagnosis: Diagnosis) -> dict[int, dict[str, bytes]]:
     Returns:
         Lesion id -> phase -> PNG bytes.
     """
-    if not diagnosis.lesions:
-        return {}
-    study = diagnosis.input.study
-    canonical = _canonical_phases(diagnosis)
-    out: dict[int, dict[str, bytes]] = {}
-    for lesion in diagnosis.lesions:
-        boxes = {p: _canonical_box(study[p], canonical[p][0], lesion.phases[p].bbox_ijk) for p in PHASES}
-        fov = _field_of_view(boxes, canonical)
-        out[lesion.lesion_id] = {
-            p: encode_png(lesion_view(*canonical[p], lesion.lesion_id, boxes[p], fov, lesion.phases[p].found))
-            for p in PHASES
-        }
-    return out
+    return render_report_images(diagnosis, findings=False)[0]
 
 
 def render_finding_images(diagnosis: Diagnosis) -> dict[int, dict[str, bytes]]:
@@ -255,19 +243,47 @@ def render_finding_images(diagnosis: Diagnosis) -> dict[int, dict[str, bytes]]:
     Returns:
         Finding id (1 for ``F1``...) -> phase -> PNG bytes.
     """
-    flagged = [f for f in diagnosis.triage_findings if f.category != "benign"]
-    if not flagged:
-        return {}
+    return render_report_images(diagnosis, lesions=False)[1]
+
+
+def render_report_images(
+    diagnosis: Diagnosis, *, lesions: bool = True, findings: bool = True
+) -> tuple[dict[int, dict[str, bytes]], dict[int, dict[str, bytes]]]:
+    """Key images of a run's lesions and of its flagged triage findings, the volumes made canonical once.
+
+    Args:
+        diagnosis: the run's result.
+        lesions, findings: which of the two to render (the other comes back empty).
+
+    Returns:
+        ``(lesion id -> phase -> PNG, finding id -> phase -> PNG)``; see :func:`render_key_images` and
+        :func:`render_finding_images`.
+    """
+    shown = diagnosis.lesions if lesions else []
+    flagged = [f for f in diagnosis.triage_findings if f.category != "benign"] if findings else []
+    if not shown and not flagged:
+        return {}, {}
     study = diagnosis.input.study
     canonical = _canonical_phases(diagnosis)
-    out: dict[int, dict[str, bytes]] = {}
+
+    def boxes_and_fov(stored: Mapping[str, Sequence[int]]) -> tuple[dict[str, np.ndarray], float]:
+        boxes = {p: _canonical_box(study[p], canonical[p][0], stored[p]) for p in PHASES}
+        return boxes, _field_of_view(boxes, canonical)
+
+    lesion_images: dict[int, dict[str, bytes]] = {}
+    for lesion in shown:
+        boxes, fov = boxes_and_fov({p: lesion.phases[p].bbox_ijk for p in PHASES})
+        lesion_images[lesion.lesion_id] = {
+            p: encode_png(lesion_view(*canonical[p], lesion.lesion_id, boxes[p], fov, lesion.phases[p].found))
+            for p in PHASES
+        }
+    finding_images: dict[int, dict[str, bytes]] = {}
     for finding in flagged:
-        boxes = {p: _canonical_box(study[p], canonical[p][0], finding.match.boxes[p]) for p in PHASES}
-        fov = _field_of_view(boxes, canonical)
-        out[finding.finding_id] = {
+        boxes, fov = boxes_and_fov(finding.match.boxes)
+        finding_images[finding.finding_id] = {
             p: encode_png(finding_view(*canonical[p], boxes[p], fov, finding.match.found[p])) for p in PHASES
         }
-    return out
+    return lesion_images, finding_images
 
 
 def phase_captions(found: Mapping[str, bool]) -> dict[str, str]:
