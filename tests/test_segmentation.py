@@ -14,8 +14,15 @@ from conftest import assert_training_artefacts
 from liaids.errors import ModelLoadError
 from liaids.io import read_nifti, write_nifti
 from liaids.model_store import save_model
-from liaids.networks.liver_unet import PROFILES, HybridUNet
-from liaids.segmentation.predictor import MODEL_KIND, LiverSegmenter, fill_enclosed_holes, segment
+from liaids.networks.liver_unet import PROFILES, HybridUNet, _fold
+from liaids.segmentation.predictor import (
+    MODEL_KIND,
+    LiverSegmenter,
+    bounding_box,
+    fill_enclosed_holes,
+    largest_component,
+    segment,
+)
 from liaids.segmentation.preprocessing import SegmentationPlan
 from liaids.train.segmentation import _deep_loss, train_segmentation
 from liaids.types import Volume
@@ -45,6 +52,34 @@ def test_enclosed_cavities_are_filled_but_a_vessel_through_the_liver_is_not() ->
     assert filled[4:7, 8:11, 8:11].all()
     assert not filled[:, 13:16, 13:16].any()
     assert (filled & ~liver).sum() == 27
+
+
+def test_largest_component_keeps_the_biggest_island_and_only_it() -> None:
+    mask = np.zeros((10, 30, 30), bool)
+    mask[2:8, 3:12, 3:12] = True  # the liver
+    mask[4:6, 20:24, 20:24] = True  # a smaller island
+    mask[9, 29, 29] = True  # one stray voxel in the corner, so the box spans the whole volume
+    kept = largest_component(mask)
+    assert kept.dtype == bool and kept.shape == mask.shape
+    assert kept.sum() == 6 * 9 * 9 and kept[2:8, 3:12, 3:12].all()
+    assert not largest_component(np.zeros((4, 5, 6), bool)).any()
+    single = np.zeros((4, 5, 6), np.uint8)
+    single[1:3, 2:4, 2:5] = 1
+    assert np.array_equal(largest_component(single), single > 0)
+
+
+def test_bounding_box_is_the_smallest_box_of_the_mask() -> None:
+    mask = np.zeros((6, 7, 8), bool)
+    mask[1, 2, 3] = mask[4, 5, 6] = True
+    assert bounding_box(mask) == (slice(1, 5), slice(2, 6), slice(3, 7))
+    assert bounding_box(np.zeros((2, 2, 2), bool)) is None
+
+
+def test_slab_folding_is_channels_last_with_the_same_values() -> None:
+    x = torch.randn(2, 3, 4, 5, 6)
+    folded = _fold(x)
+    assert torch.equal(folded, x.permute(0, 2, 1, 3, 4).reshape(8, 3, 5, 6))
+    assert folded.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_tiny_overfit_loss_falls_and_dice_rises() -> None:

@@ -410,10 +410,17 @@ def measure_enhancement(volume: Volume, aorta: Mapping[str, Any] | None = None) 
         aorta excluded, within 20 mm of the aorta level: liver, spleen, muscle, a portal-venous proxy),
         ``aorta_position_mm``, ``aorta_diameter_mm`` and ``aorta_found_here``.
     """
+    return _measure(volume.to_canonical(), aorta, {})
+
+
+def _measure(
+    canon: Volume, aorta: Mapping[str, Any] | None, body_masks: dict[int, np.ndarray]
+) -> dict[str, Any]:
+    """:func:`measure_enhancement` of a canonical volume; ``body_masks`` caches its slices' body masks
+    between calls on the same volume (they cost most of the time)."""
     found_here = aorta is None
     if aorta is None:
-        aorta = find_aorta(volume)
-    canon = volume.to_canonical()
+        aorta = find_aorta(canon)
     arr = canon.array
     n_k, n_j, n_i = arr.shape
     dx, dy, dz = canon.spacing
@@ -447,7 +454,9 @@ def measure_enhancement(volume: Volume, aorta: Mapping[str, Any] | None = None) 
     values = []
     for kk in near:
         s = np.asarray(arr[kk], dtype=np.float32)
-        keep = _body_mask(s) & (s >= _SOFT_TISSUE_HU[0]) & (s < _SOFT_TISSUE_HU[1]) & ~disc
+        if int(kk) not in body_masks:
+            body_masks[int(kk)] = _body_mask(s)
+        keep = body_masks[int(kk)] & (s >= _SOFT_TISSUE_HU[0]) & (s < _SOFT_TISSUE_HU[1]) & ~disc
         values.append(s[keep])
     soft = np.concatenate(values) if values else np.array([])
     if soft.size:
@@ -465,10 +474,12 @@ def _measure_all(volumes: Mapping[str, Volume]) -> dict[str, dict[str, Any]]:
     volumes = {key: vol.to_canonical() for key, vol in volumes.items()}  # reorient once, not per call
     detections = {key: find_aorta(vol) for key, vol in volumes.items()}
     found = {k: d for k, d in detections.items() if d is not None}
+    body_masks: dict[str, dict[int, np.ndarray]] = {key: {} for key in volumes}
     if not found:
-        return {key: measure_enhancement(vol, None) for key, vol in volumes.items()}
+        return {key: _measure(vol, None, body_masks[key]) for key, vol in volumes.items()}
     trials = {
-        ref: {key: measure_enhancement(vol, found[ref]) for key, vol in volumes.items()} for ref in found
+        ref: {key: _measure(vol, found[ref], body_masks[key]) for key, vol in volumes.items()}
+        for ref in found
     }
 
     def score(ref: str) -> tuple[float, float]:

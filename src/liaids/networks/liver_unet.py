@@ -114,9 +114,13 @@ class Block3d(nn.Sequential):
 
 
 def _fold(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, D, H, W) -> (N*D, C, H, W): the 2D blocks see every slice of the slab."""
+    """(N, C, D, H, W) -> (N*D, C, H, W): the 2D blocks see every slice of the slab.
+
+    The result is channels-last in memory: on a CPU the 2D blocks' group convolutions then run about a
+    quarter faster (oneDNN), with the same values up to float rounding.
+    """
     n, c, d, h, w = x.shape
-    return x.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w)
+    return x.permute(0, 2, 3, 4, 1).reshape(n * d, h, w, c).permute(0, 3, 1, 2)
 
 
 def _unfold(x: torch.Tensor, depth: int) -> torch.Tensor:

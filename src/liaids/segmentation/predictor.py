@@ -135,12 +135,30 @@ class LiverSegmenter:
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep the largest 26-connected component of a boolean mask."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    mask = mask.astype(bool)
+    box = bounding_box(mask)
+    if box is None:
+        return mask
+    # Labelled within the mask's bounding box: the same components, a fraction of the memory and time.
+    labels, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
     if n <= 1:
-        return mask.astype(bool)
+        return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    out = np.zeros_like(mask)
+    out[box] = labels == int(np.argmax(sizes))
+    return out
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every true voxel of a mask, as slices (None for an empty mask)."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def fill_enclosed_holes(mask: np.ndarray) -> np.ndarray:
@@ -151,9 +169,9 @@ def fill_enclosed_holes(mask: np.ndarray) -> np.ndarray:
     with 3D filling; the cava was the largest source of false-positive voxels).
     """
     out = mask.astype(bool)
-    box = ndimage.find_objects(out.astype(np.uint8))
-    if box:  # background on the box's faces reaches the outside either way, so cropping changes nothing
-        out[box[0]] = ndimage.binary_fill_holes(out[box[0]])
+    box = bounding_box(out)
+    if box is not None:  # background on the box's faces reaches the outside either way: cropping is exact
+        out[box] = ndimage.binary_fill_holes(out[box])
     return out
 
 
