@@ -72,7 +72,7 @@ def test_anchor_scales_override_is_recorded_and_loaded(
 
 def test_lesion_sampling_weighs_every_lesion_alike(tmp_path: Path) -> None:
     """A 30-slice lesion and a 2-slice one: slice sampling centres ~30/32 of the slabs on the large one,
-    lesion sampling half on each."""
+    lesion sampling half on each, small sampling by the inverse in-plane side (30 and 4 pixels)."""
     labels = np.zeros((40, 64, 64), np.int16)
     labels[2:32, 10:40, 10:40] = 1
     labels[35:37, 50:54, 50:54] = 2
@@ -80,6 +80,7 @@ def test_lesion_sampling_weighs_every_lesion_alike(tmp_path: Path) -> None:
     np.savez_compressed(path, image=np.zeros(labels.shape, np.uint8), labels=labels)
     phase = _load_cached(path)
     assert [(i, ks.tolist()) for i, ks in phase.lesion_extents] == [(1, list(range(2, 32))), (2, [35, 36])]
+    assert phase.lesion_sides == [30.0, 4.0]
 
     def share_on_small(sampling: str) -> float:
         cfg = TrainConfig(lesion_fraction=1.0, lesion_sampling=sampling)
@@ -91,6 +92,7 @@ def test_lesion_sampling_weighs_every_lesion_alike(tmp_path: Path) -> None:
 
     assert abs(share_on_small("slice") - 2 / 32) < 0.02
     assert abs(share_on_small("lesion") - 0.5) < 0.05
+    assert abs(share_on_small("small") - (1 / 4) / (1 / 4 + 1 / 30)) < 0.03
 
 
 def test_detect_writes_boxes_in_the_input_voxel_grid(phantom: Path, tiny_model: Path, tmp_path: Path) -> None:

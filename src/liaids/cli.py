@@ -361,7 +361,8 @@ def train_detect(
     lesion_sampling: Annotated[
         str | None,
         typer.Option(
-            help="Lesion-centred slabs: slice (uniform over lesion slices) or lesion (uniform over lesions)."
+            help="Lesion-centred slabs: slice (uniform over lesion slices), lesion (uniform over lesions) "
+            "or small (lesions weighted by 1 / in-plane size)."
         ),
     ] = None,
     anchor_scales: Annotated[

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
@@ -44,7 +45,7 @@ from liaids.train.common import (
     write_log,
 )
 
-LESION_SAMPLING = ("slice", "lesion")
+LESION_SAMPLING = ("slice", "lesion", "small")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ class TrainConfig:
         lesion_fraction: share of slabs centred on a lesion.
         lesion_sampling: how a lesion-centred slab is drawn. ``slice``: a slice holding a lesion, uniformly
             over all slices of a phase, so a lesion weighs by its slice count (a 40 mm lesion ~8x a 5 mm
-            one); ``lesion``: a lesion instance uniformly over the training phases, then one of its slices.
+            one); ``lesion``: a lesion instance uniformly over the training phases, then one of its slices;
+            ``small``: like ``lesion`` but a lesion weighs by the inverse of its longer in-plane side (at
+            least 4 pixels), so a 5 mm lesion is drawn 8x as often as a 40 mm one.
         val_fraction: share of cases kept for validation.
         val_every: also validate after every N epochs (a learning curve in the log); 0: only at the end.
     """
@@ -113,6 +116,7 @@ class _Phase:
     labels: np.ndarray  # (K, J, I) int16 lesion instance ids
     lesion_slices: np.ndarray  # slice indices holding a lesion box
     lesion_extents: list[tuple[int, np.ndarray]]  # (instance id, its slice indices) per lesion
+    lesion_sides: list[float]  # longer in-plane side of each lesion's box, grid pixels, as lesion_extents
 
 
 def _cache_phase(ds: Dataset, case_id: str, plan: DetectionPlan, cache: Path) -> list[Path]:
@@ -135,13 +139,16 @@ def _load_cached(path: Path) -> _Phase:
     data = np.load(path)
     labels = data["labels"]
     slices = np.nonzero(labels.reshape(labels.shape[0], -1).max(axis=1) > 0)[0]
-    extents = []
+    extents, sides = [], []
+    boxes = ndimage.find_objects(labels)
     for lesion_id in np.unique(labels[slices]):
         if lesion_id:
             on = (labels[slices] == lesion_id).reshape(len(slices), -1).any(axis=1)
             extents.append((int(lesion_id), slices[on]))
+            box = boxes[int(lesion_id) - 1]
+            sides.append(float(max(box[1].stop - box[1].start, box[2].stop - box[2].start)))
     case_id, phase = path.stem.rsplit("_", 1)
-    return _Phase(case_id, phase, data["image"], labels, slices, extents)
+    return _Phase(case_id, phase, data["image"], labels, slices, extents, sides)
 
 
 def _pick_lesion(phases: list[_Phase], rng: np.random.Generator) -> tuple[_Phase, int, int] | None:
@@ -154,13 +161,25 @@ def _pick_lesion(phases: list[_Phase], rng: np.random.Generator) -> tuple[_Phase
     return ph, int(ks[int(rng.integers(len(ks)))]), lesion_id
 
 
+def _pick_small_lesion(phases: list[_Phase], rng: np.random.Generator) -> tuple[_Phase, int, int] | None:
+    """Phase, slice and instance id of a lesion drawn with weight 1 / its in-plane side (None: no lesion)."""
+    pairs = [(ph, i) for ph in phases for i in range(len(ph.lesion_extents))]
+    if not pairs:
+        return None
+    weights = np.asarray([1.0 / max(ph.lesion_sides[i], 4.0) for ph, i in pairs])
+    ph, i = pairs[int(rng.choice(len(pairs), p=weights / weights.sum()))]
+    lesion_id, ks = ph.lesion_extents[i]
+    return ph, int(ks[int(rng.integers(len(ks)))]), lesion_id
+
+
 def _slab_position(
     phases: list[_Phase], cfg: TrainConfig, rng: np.random.Generator
 ) -> tuple[_Phase, int, tuple[float, float]]:
     """Phase, centre slice and in-plane centre (row, column) of one training slab."""
     picked: tuple[_Phase, int, int] | None = None
-    if cfg.lesion_sampling == "lesion":
-        picked = _pick_lesion(phases, rng) if rng.random() < cfg.lesion_fraction else None
+    if cfg.lesion_sampling in ("lesion", "small"):
+        pick = _pick_lesion if cfg.lesion_sampling == "lesion" else _pick_small_lesion
+        picked = pick(phases, rng) if rng.random() < cfg.lesion_fraction else None
         ph = picked[0] if picked is not None else phases[int(rng.integers(len(phases)))]
     else:
         # The draw order of the shipped detectors' training, kept so that a seed repeats them.
