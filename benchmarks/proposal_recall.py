@@ -31,26 +31,24 @@ from torchvision.ops import box_iou
 
 from liaids.codes import PHASES
 from liaids.dataset import Dataset
-from liaids.detection.predictor import DEFAULT_MODEL, MODEL_KIND
-from liaids.detection.preprocessing import DetectionPlan, slab_indices, slice_boxes, to_detection_grid
-from liaids.model_store import builtin_model_dir, load_model_files, sha256
-from liaids.networks.lesion_detector import DetectorConfig, build_detector
+from liaids.detection.predictor import LesionDetector
+from liaids.detection.preprocessing import slab_indices, slice_boxes, to_detection_grid
+from liaids.networks.lesion_detector import build_detector
 
 SIDE_BANDS_PX: tuple[tuple[float, float], ...] = ((1, 3), (3, 5), (5, 8), (8, 12), (12, 10_000))
 HIT_IOU = 0.3
 
 
-def load_network(
-    folder: Path, proposals: int | None
-) -> tuple[torch.nn.Module, DetectorConfig, DetectionPlan]:
-    """The detector network in eval mode, optionally keeping ``proposals`` proposals per slice."""
-    state, config = load_model_files(folder, MODEL_KIND)
-    cfg = DetectorConfig.from_dict(config["network"])
-    if proposals:
-        cfg = replace(cfg, rpn_post_nms_test=proposals, rpn_pre_nms_test=int(1.5 * proposals))
+def load_network(folder: Path | None, proposals: int | None) -> tuple[LesionDetector, torch.nn.Module]:
+    """The detector (no candidate filter) and its network in eval mode, optionally rebuilt to keep
+    ``proposals`` proposals per slice (pre-NMS 1.5 x) with the same weights."""
+    detector = LesionDetector.load(folder, candidate_filter=False)
+    if not proposals:
+        return detector, detector.network
+    cfg = replace(detector.config, rpn_post_nms_test=proposals, rpn_pre_nms_test=int(1.5 * proposals))
     network = build_detector(cfg)
-    network.load_state_dict(state)
-    return network.eval(), cfg, DetectionPlan.from_dict(config["plan"])
+    network.load_state_dict(detector.network.state_dict())
+    return detector, network.eval()
 
 
 @torch.no_grad()
@@ -104,8 +102,7 @@ def summarise(rows: list[dict]) -> list[dict[str, Any]]:
 
 
 def run(data: Path, weights: Path | None, proposals: int | None, max_cases: int | None) -> dict[str, Any]:
-    folder = weights or builtin_model_dir(DEFAULT_MODEL)
-    network, cfg, plan = load_network(folder, proposals)
+    detector, network = load_network(weights, proposals)
     ds = Dataset(data)
     rows = []
     for case_id in ds.case_ids[:max_cases]:
@@ -115,19 +112,19 @@ def run(data: Path, weights: Path | None, proposals: int | None, max_cases: int 
             canonical = image.to_canonical()
             liver = image.with_array(case.liver[phase].array > 0).to_canonical().array
             lesions = image.with_array(case.lesions[phase].array.astype(np.int16)).to_canonical().array
-            grid, _, labels = to_detection_grid(canonical, plan.inference_grids[0], liver, lesions)
+            grid, _, labels = to_detection_grid(canonical, detector.plan.inference_grids[0], liver, lesions)
             assert labels is not None
             for k in range(grid.shape[0]):
                 truth = slice_boxes(labels[k], min_pixels=1)
                 if not truth:
                     continue
-                slab = torch.from_numpy(grid[slab_indices(k, grid.shape[0], cfg.context)]).float() / 255.0
-                for row in slice_rows(network, slab, truth):
+                slab = grid[slab_indices(k, grid.shape[0], detector.config.context)]
+                for row in slice_rows(network, torch.from_numpy(slab).float() / 255.0, truth):
                     rows.append({"case": case_id, "phase": phase, "slice": k, **row})
     return {
         "data": str(data),
-        "detector": {"folder": str(folder), "sha256": sha256(folder / "model.pt")},
-        "proposals_per_slice": cfg.rpn_post_nms_test,
+        "detector": detector.source,
+        "proposals_per_slice": proposals or detector.config.rpn_post_nms_test,
         "hit_rule": f"IoU > {HIT_IOU} with the lesion's 2D box",
         "machine": machine_info(),
         "by_side": summarise(rows),

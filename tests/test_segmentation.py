@@ -13,12 +13,12 @@ from monai.losses import DiceCELoss
 from conftest import assert_training_artefacts
 from liaids.errors import ModelLoadError
 from liaids.io import read_nifti, write_nifti
+from liaids.masks import bounding_box
 from liaids.model_store import save_model
 from liaids.networks.liver_unet import PROFILES, HybridUNet, _fold
 from liaids.segmentation.predictor import (
     MODEL_KIND,
     LiverSegmenter,
-    bounding_box,
     fill_enclosed_holes,
     largest_component,
     segment,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from liaids.masks import bounding_box
 from liaids.types import Volume
 
 
@@ -106,15 +107,14 @@ def liver_crop(
     Returns:
         ``(start, size)``; the whole volume when the mask is empty.
     """
-    if not liver.any():
+    box = bounding_box(liver)
+    if box is None:
         return (0, 0, 0), tuple(int(s) for s in liver.shape)  # type: ignore[return-value]
     start, size = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.nonzero(liver.any(axis=other))[0]
+    for axis, extent in enumerate(box):
         margin = int(np.ceil(plan.margin_mm / spacing_kji[axis]))
-        lo = max(0, int(present[0]) - margin)
-        hi = min(liver.shape[axis], int(present[-1]) + 1 + margin)
+        lo = max(0, extent.start - margin)
+        hi = min(liver.shape[axis], extent.stop + margin)
         start.append(lo)
         size.append(hi - lo)
     return tuple(start), tuple(size)  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from liaids.errors import ModelLoadError
+from liaids.masks import bounding_box
 from liaids.model_store import WEIGHTS_FILE, builtin_model_dir, load_model_files, sha256
 from liaids.networks.liver_unet import HybridUNet, UNetConfig
 from liaids.segmentation.preprocessing import GridMapping, SegmentationPlan, from_model_grid, to_model_grid
@@ -148,17 +149,6 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     out = np.zeros_like(mask)
     out[box] = labels == int(np.argmax(sizes))
     return out
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every true voxel of a mask, as slices (None for an empty mask)."""
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def fill_enclosed_holes(mask: np.ndarray) -> np.ndarray:
