@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,7 @@ def emit(result: dict[str, Any], out: Path | None, shown: dict[str, Any] | None 
 
 
 def machine_info() -> dict[str, Any]:
-    """Where a benchmark ran: CPU count, thread setting, Python and numpy versions."""
-    import numpy as np
+    """Where a benchmark ran: the computer and thread settings, Python's and the packages' versions."""
+    from liaids.provenance import machine, software
 
-    return {
-        "cpus": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
+    return {**machine(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), **software()}

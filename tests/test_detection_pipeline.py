@@ -106,7 +106,8 @@ def test_detect_writes_boxes_in_the_input_voxel_grid(phantom: Path, tiny_model: 
         weights=tiny_model,
     )
     report = json.loads(out.read_text())
-    assert report["schema"] == "liaids.detections" and report["version"] == "1.1"
+    assert report["schema"] == "liaids.detections" and report["version"] == "1.2"
+    assert report["software"]["device"] == "cpu" and report["software"]["torch"] != "unknown"
     assert "Not for clinical use" in report["notice"]
     assert report["input"]["shape_ijk"] == list(reversed(ct.shape))
     for lesion in report["lesions"]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from liaids.classification.matching import MatchedLesion
 from liaids.classification.predictor import LesionPrediction
@@ -141,6 +142,8 @@ def test_report_json_content(diagnosis: Diagnosis) -> None:
     text = json.dumps(report, allow_nan=False)  # strict JSON
     assert report["schema"] == SCHEMA == "liaids.diagnosis" and report["version"] == SCHEMA_VERSION
     assert "Not for clinical use" in report["notice"]
+    assert report["software"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert report["software"]["device"] == diagnosis.device
     assert [les["id"] for les in report["lesions"]] == [1, 2]
     first = report["lesions"][0]
     assert first["type"] == "HCC" and first["category"] == "malignant" and first["malignant_type"]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from liaids.errors import ModelLoadError
+from liaids.provenance import machine, software
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -35,7 +36,12 @@ def builtin_model_dir(name: str) -> Path:
 
 
 def save_model(folder: Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
-    """Write ``model.pt``, its checksum and ``config.json`` into ``folder`` (created)."""
+    """Write ``model.pt``, its checksum and ``config.json`` into ``folder`` (created).
+
+    ``config.json`` also gets ``software`` and ``machine`` (:mod:`liaids.provenance`) unless ``config``
+    has them: training does not repeat bit for bit across machines and library builds.
+    """
+    config = {"software": software(), "machine": machine(), **config}
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
     torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, weights)

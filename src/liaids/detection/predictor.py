@@ -31,13 +31,14 @@ from liaids.errors import ModelLoadError
 from liaids.model_store import builtin_model_dir, load_model_files, sha256
 from liaids.networks.candidate_filter import CandidateFilter, CandidateFilterConfig
 from liaids.networks.lesion_detector import DetectorConfig, build_detector
+from liaids.provenance import software
 from liaids.types import Volume
 
 MODEL_KIND = "lesion-detection"
 FILTER_KIND = "candidate-filter"
 FILTER_FOLDER = "candidate_filter"
 DEFAULT_MODEL = "detector_cswin3d_small"
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 NOT_FOR_CLINICAL_USE = "Not for clinical use: research software, not validated on real patients."
 
 
@@ -312,7 +313,7 @@ def detect(
 
     Args:
         input_path: NIfTI file or DICOM series folder.
-        output_path: JSON file to write (schema ``liaids.detections`` version 1.1, see the README).
+        output_path: JSON file to write (schema ``liaids.detections`` version 1.2, see the README).
         liver_path: liver mask (NIfTI, same geometry); segmented with the liver model when None.
         weights: detector model folder; default the shipped ``small`` 3D CSWin model.
         liver_weights: segmentation model folder used when no mask is given.
@@ -343,6 +344,7 @@ def detect(
         "schema": "liaids.detections",
         "version": SCHEMA_VERSION,
         "notice": NOT_FOR_CLINICAL_USE,
+        "software": software(device),
         "input": {
             "path": str(input_path),
             "shape_ijk": list(reversed(volume.shape)),

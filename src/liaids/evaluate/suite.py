@@ -22,7 +22,6 @@ import csv
 import datetime as _dt
 import json
 import math
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -59,11 +58,13 @@ from liaids.evaluate.statistics import (
     roc_curve,
     triage_threshold,
 )
+from liaids.provenance import software
 
 Progress = Callable[[str, float], None]
 SCHEMA = "liaids.evaluation"
-# 1.1: dataset.cases_evaluated and dataset.failed_cases (--skip-failed).
-SCHEMA_VERSION = "1.1"
+# 1.1: dataset.cases_evaluated and dataset.failed_cases (--skip-failed). 1.2: software names torch,
+# torchvision, monai and numpy too.
+SCHEMA_VERSION = "1.2"
 FIGURES_DIR = "figures"
 
 
@@ -866,11 +867,7 @@ def evaluate(
             "version": SCHEMA_VERSION,
             "notice": "Not for clinical use: a research evaluation of LiAIDS.",
             "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "software": {
-                "liaids": _software_version(),
-                "python": platform.python_version(),
-                "device": device,
-            },
+            "software": software(device),
             "dataset": {
                 "folder": str(ds.root.absolute()),
                 "name": ds.meta.get("name"),
@@ -980,15 +977,6 @@ def evaluate(
         (stage / "report.html").write_text(render_evaluation_html(clean, stage), encoding="utf-8")
     report("done", 1.0)
     return Path(out_dir)
-
-
-def _software_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("liaids")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _report_models(preds: Mapping[str, CasePrediction]) -> dict[str, Any] | None:

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from liaids.codes import LESION_TYPE_NAMES, LESION_TYPES, PHASES, is_malignant
 from liaids.detection.predictor import NOT_FOR_CLINICAL_USE
+from liaids.provenance import software
 
 if TYPE_CHECKING:
     from liaids.pipeline.diagnose import Diagnosis, LesionFinding, TriageFinding
 
 SCHEMA = "liaids.diagnosis"
-SCHEMA_VERSION = "2.2"
+SCHEMA_VERSION = "2.3"
 #: Lesion voxels of the instance masks, as written into report.json.
 LESION_MASK_RULE = (
     "voxels of the lesion's box labelled lesion (2) by the liver segmentation of that phase; the ellipsoid "
@@ -31,13 +30,6 @@ LESION_MASK_RULE = (
 
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
-
-
-def _software_version() -> str:
-    try:
-        return metadata.version("liaids")
-    except metadata.PackageNotFoundError:  # running from a source tree without installation
-        return "unknown"
 
 
 def output_files() -> dict[str, Any]:
@@ -141,11 +133,7 @@ def build_report(diagnosis: Diagnosis, timings: dict[str, float] | None = None) 
         "version": SCHEMA_VERSION,
         "notice": NOT_FOR_CLINICAL_USE,
         "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "software": {
-            "liaids": _software_version(),
-            "python": platform.python_version(),
-            "device": diagnosis.device,
-        },
+        "software": software(diagnosis.device),
         "input": {"kind": inp.kind, "path": str(inp.source)},
         "study": {
             "patient_id": inp.patient.get("patient_id"),
