@@ -33,11 +33,10 @@ def software(device: str | None = None) -> dict[str, Any]:
         device: the torch device the result was computed on (``cpu``, ``cuda``...), recorded when given.
 
     Returns:
-        ``{"liaids": ..., "python": ..., "torch": ..., "torchvision": ..., "monai": ..., "numpy": ...}``,
+        ``{"python": ..., "liaids": ..., "torch": ..., "torchvision": ..., "monai": ..., "numpy": ...}``,
         plus ``"device"`` when given.
     """
-    out: dict[str, Any] = {"liaids": package_version("liaids"), "python": platform.python_version()}
-    out.update({name: package_version(name) for name in PACKAGES if name != "liaids"})
+    out: dict[str, Any] = {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}}
     if device is not None:
         out["device"] = device
     return out
